@@ -1,0 +1,68 @@
+"""Helpers for tests that run real rclpy graphs (in-process executors and child processes)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import rclpy
+from rclpy.executors import Executor
+
+TEST_DIR = Path(__file__).resolve().parents[1]
+PKG_ROOT = TEST_DIR.parent
+
+
+def spin_until(executor: Executor, predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Spin `executor` until `predicate()` holds or the timeout (monotonic) expires."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        executor.spin_once(timeout_sec=0.02)
+    return predicate()
+
+
+def wait_future(executor: Executor, future, timeout_s: float = 10.0):
+    assert spin_until(executor, future.done, timeout_s), "future did not complete in time"
+    return future.result()
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PKG_ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_python(module_or_path: str, *args: str, module: bool = True) -> subprocess.Popen:
+    """Start `python -m module args` (or a script path) as a child process sharing our ROS domain."""
+    cmd = [sys.executable, "-m", module_or_path, *args] if module else [sys.executable, module_or_path, *args]
+    return subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> str:
+    """SIGINT then SIGKILL; returns the child's output (for assertion messages)."""
+    if proc.poll() is None:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.stdout.read() if proc.stdout else ""
+
+
+class RclpyContext:
+    """A private rclpy context per test, shut down afterwards."""
+
+    def __enter__(self) -> rclpy.context.Context:
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context)
+        return self.context
+
+    def __exit__(self, *exc) -> None:
+        if self.context.ok():
+            rclpy.shutdown(context=self.context)

@@ -1,0 +1,171 @@
+"""Every extract_msgs interface through real rclpy: topics, services, and the action across processes."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+extract_msgs = pytest.importorskip("extract_msgs", reason="extract_msgs not built: run scripts/setup.sh")
+
+from action_msgs.msg import GoalStatus  # noqa: E402
+from extract_msgs.action import ExecuteSkill  # noqa: E402
+from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding  # noqa: E402
+from extract_msgs.srv import ConfirmOutcome, ResetEpisode  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+
+from support.ros_graph import RclpyContext, spin_until, start_python, stop_process, wait_future  # noqa: E402
+
+SERVER = str(Path(__file__).parent / "support" / "execute_skill_fixture_server.py")
+
+
+def _roundtrip(msg_type, fill):
+    with RclpyContext() as ctx:
+        node = rclpy.create_node("iface_test", context=ctx)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        got = []
+        node.create_subscription(msg_type, "iface_topic", got.append, 10)
+        pub = node.create_publisher(msg_type, "iface_topic", 10)
+        msg = msg_type()
+        fill(msg)
+        assert spin_until(ex, lambda: (pub.publish(msg), bool(got))[1], 5.0), "no message received"
+        node.destroy_node()
+        return msg, got[0]
+
+
+def test_skill_command_roundtrip():
+    def fill(m):
+        m.header.frame_id = "policy"
+        m.skill_id = 3
+        m.argument = [0.5, -1.0, 2.0, 0.0, 0.25]
+        m.policy = SkillCommand.POLICY_LEARNED
+        m.log_prob = -1.5
+        m.episode_id = 7
+
+    sent, got = _roundtrip(SkillCommand, fill)
+    assert got.skill_id == 3 and got.policy == SkillCommand.POLICY_LEARNED and got.episode_id == 7
+    assert list(got.argument) == pytest.approx(list(sent.argument))
+    assert got.log_prob == pytest.approx(-1.5)
+
+
+def test_skill_embedding_roundtrip():
+    def fill(m):
+        m.header.stamp.sec = 12
+        m.header.stamp.nanosec = 345
+        m.encoder_name = "r3m_resnet18"
+        m.encoder_hash = "ab" * 32
+        m.embedding = [float(i) / 512 for i in range(512)]
+        m.image_seq = 99
+
+    _, got = _roundtrip(SkillEmbedding, fill)
+    assert (got.header.stamp.sec, got.header.stamp.nanosec) == (12, 345)
+    assert len(got.embedding) == 512 and got.embedding[511] == pytest.approx(511 / 512)
+    assert got.encoder_name == "r3m_resnet18" and got.image_seq == 99
+
+
+def test_episode_event_roundtrip():
+    def fill(m):
+        m.episode_id = 4
+        m.event = EpisodeEvent.REWARD
+        m.reward = 1.0
+        m.episode_return = 2.0
+        m.completed_subtasks = ["microwave", "kettle"]
+
+    _, got = _roundtrip(EpisodeEvent, fill)
+    assert got.event == EpisodeEvent.REWARD and list(got.completed_subtasks) == ["microwave", "kettle"]
+    assert got.episode_return == pytest.approx(2.0)
+
+
+def test_services_roundtrip():
+    with RclpyContext() as ctx:
+        node = rclpy.create_node("srv_test", context=ctx)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+
+        def reset(req, resp):
+            resp.success = req.operator_confirmed
+            resp.error = "" if req.operator_confirmed else "operator did not confirm"
+            resp.episode_id = 11
+            return resp
+
+        def confirm(req, resp):
+            resp.success = True
+            resp.reward = 1.0 if req.succeeded else 0.0
+            return resp
+
+        node.create_service(ResetEpisode, "reset_episode", reset)
+        node.create_service(ConfirmOutcome, "confirm_outcome", confirm)
+        rc = node.create_client(ResetEpisode, "reset_episode")
+        cc = node.create_client(ConfirmOutcome, "confirm_outcome")
+        assert spin_until(ex, lambda: rc.service_is_ready() and cc.service_is_ready(), 5.0)
+        r = wait_future(ex, rc.call_async(ResetEpisode.Request(operator_confirmed=False, reason="test")))
+        assert not r.success and "confirm" in r.error
+        r = wait_future(ex, rc.call_async(ResetEpisode.Request(operator_confirmed=True)))
+        assert r.success and r.episode_id == 11
+        c = wait_future(ex, cc.call_async(ConfirmOutcome.Request(subtask="kettle", succeeded=True)))
+        assert c.success and c.reward == pytest.approx(1.0)
+        node.destroy_node()
+
+
+@pytest.fixture
+def action_server_process():
+    proc = start_python(SERVER, module=False)
+    yield proc
+    out = stop_process(proc)
+    print(out)
+
+
+def _goal(skill_id: int, steps: int) -> ExecuteSkill.Goal:
+    return ExecuteSkill.Goal(skill_id=skill_id, argument=[0.1] * 5, step_limit=steps, dynamics_factor=0.1)
+
+
+def test_execute_skill_across_processes(action_server_process):
+    """Goal, feedback, result; cancel mid-skill; preemption of a running goal by a new one."""
+    with RclpyContext() as ctx:
+        node = rclpy.create_node("skill_client", context=ctx)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        client = ActionClient(node, ExecuteSkill, "execute_skill")
+        assert spin_until(ex, lambda: client.server_is_ready(), 20.0), "server process never came up"
+
+        # 1. Goal to completion with feedback every step.
+        feedback = []
+        gh = wait_future(ex, client.send_goal_async(_goal(2, 5), feedback_callback=lambda f: feedback.append(f.feedback)))
+        assert gh.accepted
+        res = wait_future(ex, gh.get_result_async(), 10.0)
+        assert res.status == GoalStatus.STATUS_SUCCEEDED and res.result.success
+        assert res.result.steps_executed == 5
+        assert [f.step for f in feedback] == [0, 1, 2, 3, 4]
+        assert feedback[-1].progress == pytest.approx(1.0)
+        assert len(res.result.final_joint_positions) == 7
+
+        # 2. Cancel mid-skill.
+        fb2 = []
+        gh = wait_future(ex, client.send_goal_async(_goal(1, 200), feedback_callback=lambda f: fb2.append(f)))
+        assert spin_until(ex, lambda: len(fb2) >= 3, 10.0)
+        cancel = wait_future(ex, gh.cancel_goal_async())
+        assert len(cancel.goals_canceling) == 1
+        res = wait_future(ex, gh.get_result_async(), 10.0)
+        assert res.status == GoalStatus.STATUS_CANCELED and not res.result.success
+        assert 3 <= res.result.steps_executed < 200
+
+        # 3. Preemption: a new goal aborts the running one.
+        fb3 = []
+        gh_old = wait_future(ex, client.send_goal_async(_goal(1, 200), feedback_callback=lambda f: fb3.append(f)))
+        assert spin_until(ex, lambda: len(fb3) >= 2, 10.0)
+        gh_new = wait_future(ex, client.send_goal_async(_goal(0, 3)))
+        old = wait_future(ex, gh_old.get_result_async(), 10.0)
+        new = wait_future(ex, gh_new.get_result_async(), 10.0)
+        assert old.status == GoalStatus.STATUS_ABORTED and "preempted" in old.result.error
+        assert new.status == GoalStatus.STATUS_SUCCEEDED and new.result.steps_executed == 3
+
+        # 4. Invalid goal (NaN argument) is rejected before it runs.
+        bad = _goal(0, 3)
+        bad.argument = [math.nan] * 5
+        gh = wait_future(ex, client.send_goal_async(bad))
+        assert not gh.accepted
+        node.destroy_node()
