@@ -1,0 +1,326 @@
+"""Run one skill: decoder outputs -> safety function -> arm, with cancel, preemption and watchdogs.
+
+The ROS action server stays thin: its goal callback calls :func:`validate_goal`, its execute
+callback calls :meth:`SkillExecutor.run` with the decoder's rollout iterator and predicates bound
+to the goal handle, and turns the :class:`SkillResult` into the action result.
+
+Per step (in this order): cancel? -> preempted? -> heartbeat stale? -> deadline? -> step limit? ->
+next decoder output -> read arm state (age checked) -> q_target = q + dq -> check_command -> send
+-> feedback -> wait for the next period (monotonic).
+
+On every way out except SUCCEEDED the arm is stopped and the executor waits (bounded) until it is
+stationary: CANCELED is only reported once the arm stands still.
+Pure python + numpy (core layer).
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .arm import (
+    Arm,
+    ArmCommandError,
+    ArmControlError,
+    ArmError,
+    ArmNetworkError,
+    ArmRealtimeError,
+    ArmUserStopError,
+)
+from .safety import NUM_JOINTS, SafetyLimits, UnsafeCommandError, check_command
+
+logger = logging.getLogger(__name__)
+
+ACTION_DIM = NUM_JOINTS + 1
+
+
+class GoalRejectedError(ValueError):
+    """A skill goal that must not be accepted; the message says why."""
+
+
+@dataclass(frozen=True)
+class ValidatedGoal:
+    skill_id: int
+    argument: np.ndarray  # (arg_dim,) float64, clipped to [-arg_bound, arg_bound]
+    clipped_count: int  # how many argument components were clipped
+
+
+def validate_goal(skill_id: Any, argument: Any, num_skills: int, arg_dim: int, arg_bound: float) -> ValidatedGoal:
+    """Check a skill goal before accepting it.
+
+    Unknown skill id, wrong argument shape or NaN/Inf argument: GoalRejectedError.
+    Argument components beyond +-arg_bound: clipped and counted.
+    """
+    if isinstance(skill_id, (bool, np.bool_)) or not isinstance(skill_id, (int, np.integer)):
+        raise GoalRejectedError(f"skill id must be an integer, got {skill_id!r}")
+    if not 0 <= int(skill_id) < num_skills:
+        raise GoalRejectedError(f"unknown skill id {int(skill_id)}: valid ids are 0..{num_skills - 1}")
+    try:
+        arg = np.asarray(argument, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise GoalRejectedError(f"skill argument is not numeric: {argument!r}") from None
+    if arg.shape != (arg_dim,):
+        raise GoalRejectedError(f"skill argument must have shape ({arg_dim},), got {arg.shape}")
+    if not np.all(np.isfinite(arg)):
+        raise GoalRejectedError("skill argument contains NaN/Inf")
+    if not (math.isfinite(arg_bound) and arg_bound > 0):
+        raise ValueError(f"arg_bound must be a finite positive number, got {arg_bound}")
+    clipped = np.clip(arg, -arg_bound, arg_bound)
+    n = int(np.count_nonzero(clipped != arg))
+    if n:
+        logger.info("skill %d argument: %d component(s) clipped to +-%g", int(skill_id), n, arg_bound)
+    return ValidatedGoal(skill_id=int(skill_id), argument=clipped, clipped_count=n)
+
+
+class SkillStatus(enum.Enum):
+    SUCCEEDED = "succeeded"
+    CANCELED = "canceled"
+    ABORTED = "aborted"
+
+
+class Fault(enum.Enum):
+    """Why a skill did not succeed; tells the caller which recovery applies."""
+
+    NONE = "none"
+    CANCELED = "canceled"  # client asked; arm stopped
+    PREEMPTED = "preempted"  # a newer goal took over
+    HEARTBEAT = "heartbeat"  # command source stale (policy died): arm stopped
+    DEADLINE = "deadline"  # skill ran past its wall-clock budget
+    STALE_STATE = "stale_state"  # arm state too old
+    DECODER = "decoder"  # decoder raised or produced a malformed action
+    UNSAFE = "unsafe"  # safety function refused (e.g. pose outside the box)
+    REFLEX = "reflex"  # ArmControlError: classified recover_from_errors
+    USER_STOP = "user_stop"  # e-stop: wait for a human, no auto recovery
+    COMMAND = "command"  # ArmCommandError: command rejected, do not retry
+    NETWORK = "network"  # ArmNetworkError: recreate the arm, back off
+    REALTIME = "realtime"  # ArmRealtimeError: configuration, fatal
+    ARM = "arm"  # other ArmError
+    STOP_TIMEOUT = "stop_timeout"  # the arm did not become stationary in time
+
+
+def classify_arm_error(exc: ArmError) -> Fault:
+    """Map an ArmError subclass onto a Fault (most specific class first)."""
+    for cls, fault in (
+        (ArmUserStopError, Fault.USER_STOP),
+        (ArmControlError, Fault.REFLEX),
+        (ArmCommandError, Fault.COMMAND),
+        (ArmNetworkError, Fault.NETWORK),
+        (ArmRealtimeError, Fault.REALTIME),
+    ):
+        if isinstance(exc, cls):
+            return fault
+    return Fault.ARM
+
+
+@dataclass(frozen=True)
+class SkillResult:
+    status: SkillStatus
+    success: bool
+    error: str  # empty on success
+    steps_executed: int  # commands sent to the arm
+    final_q: np.ndarray  # (7,) rad, last measured joint positions (NaN if never read)
+    clipped_count: int  # steps whose command the safety function changed
+    fault: Fault = Fault.NONE
+    truncated: bool = False  # SUCCEEDED because the step limit ended the skill, not the decoder
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Timing and watchdogs of the skill executor."""
+
+    period_s: float = 0.08
+    """s, control period of one skill step; 0 = no pacing (simulated arms that step on send)."""
+    max_steps: int = 200
+    """Step limit of one skill; reaching it ends the skill (SUCCEEDED, truncated=True)."""
+    heartbeat_timeout_s: float = 0.5
+    """s, a command-source heartbeat older than this stops the arm (ABORTED)."""
+    max_duration_s: float = 60.0
+    """s, wall-clock deadline of one skill (monotonic)."""
+    state_max_age_s: float = 0.5
+    """s, arm state older than this aborts the skill."""
+    stop_timeout_s: float = 3.0
+    """s, how long to wait for the arm to become stationary after stop()."""
+    stationary_poll_s: float = 0.01
+    """s, polling interval while waiting for stationary."""
+
+    def __post_init__(self) -> None:
+        for name in ("period_s", "heartbeat_timeout_s", "max_duration_s", "state_max_age_s", "stop_timeout_s", "stationary_poll_s"):
+            v = float(getattr(self, name))
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"ExecutorConfig.{name} must be a finite number >= 0 s, got {v}")
+        for name in ("heartbeat_timeout_s", "max_duration_s", "state_max_age_s", "stop_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ExecutorConfig.{name} must be > 0 s")
+        if int(self.max_steps) != self.max_steps or self.max_steps < 1:
+            raise ValueError(f"ExecutorConfig.max_steps must be a positive integer, got {self.max_steps}")
+
+
+DecoderOutput = tuple[Any, float]  # (action (8,) = [dq(7) rad/step, gripper in [0,1]], progress)
+FeedbackFn = Callable[[int, float, np.ndarray], None]
+
+
+class _Exit(Exception):
+    def __init__(self, status: SkillStatus, fault: Fault, error: str, stop: bool = True) -> None:
+        super().__init__(error)
+        self.status, self.fault, self.error, self.stop = status, fault, error, stop
+
+
+class SkillExecutor:
+    """Executes skills on one Arm under one set of SafetyLimits."""
+
+    def __init__(
+        self,
+        arm: Arm,
+        limits: SafetyLimits,
+        config: ExecutorConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.arm = arm
+        self.limits = limits
+        self.config = config or ExecutorConfig()
+        self.clock = clock
+        self.sleep = sleep
+
+    # ------------------------------------------------------------------------------------
+    def run(
+        self,
+        actions: Iterable[DecoderOutput],
+        *,
+        is_cancel_requested: Callable[[], bool] = lambda: False,
+        is_preempted: Callable[[], str | None] = lambda: None,
+        heartbeat: Callable[[], float] | None = None,
+        feedback: FeedbackFn | None = None,
+    ) -> SkillResult:
+        """Run one skill to its end.
+
+        Args:
+            actions: decoder outputs ``(action (8,), progress)``; the skill ends when it is exhausted.
+            is_cancel_requested: polled every step; True -> stop, wait stationary, CANCELED.
+            is_preempted: polled every step; a non-empty reason string -> stop, ABORTED with it.
+            heartbeat: returns the monotonic time (same clock) the command source was last alive;
+                older than ``heartbeat_timeout_s`` -> stop, ABORTED.  None disables the check.
+            feedback: called after each sent command with (step, progress, q_sent (7,)).
+        """
+        cfg = self.config
+        t_start = self.clock()
+        steps = 0
+        clipped = 0
+        it = iter(actions)
+        next_tick = t_start
+        try:
+            while True:
+                if is_cancel_requested():
+                    raise _Exit(SkillStatus.CANCELED, Fault.CANCELED, "canceled by client")
+                reason = is_preempted()
+                if reason:
+                    raise _Exit(SkillStatus.ABORTED, Fault.PREEMPTED, f"preempted: {reason}")
+                now = self.clock()
+                if heartbeat is not None:
+                    age = now - float(heartbeat())
+                    if not age <= cfg.heartbeat_timeout_s:  # also catches NaN
+                        raise _Exit(SkillStatus.ABORTED, Fault.HEARTBEAT,
+                                    f"command source heartbeat stale ({age:.3f} s > {cfg.heartbeat_timeout_s} s)")
+                if now - t_start > cfg.max_duration_s:
+                    raise _Exit(SkillStatus.ABORTED, Fault.DEADLINE, f"skill exceeded {cfg.max_duration_s} s")
+                if steps >= cfg.max_steps:
+                    logger.info("skill reached the step limit (%d)", cfg.max_steps)
+                    return self._finish(SkillStatus.SUCCEEDED, Fault.NONE, "", steps, clipped, truncated=True)
+
+                try:
+                    out = next(it)
+                except StopIteration:
+                    return self._finish(SkillStatus.SUCCEEDED, Fault.NONE, "", steps, clipped)
+                except Exception as exc:  # decoder crashed: the arm must still stop
+                    raise _Exit(SkillStatus.ABORTED, Fault.DECODER, f"decoder raised {type(exc).__name__}: {exc}") from exc
+                action, progress = self._parse(out)
+
+                state = self.arm.read_state()
+                age = self.clock() - state.stamp
+                if not age <= cfg.state_max_age_s:
+                    raise _Exit(SkillStatus.ABORTED, Fault.STALE_STATE, f"arm state is {age:.3f} s old")
+                try:
+                    cmd = check_command(state.q, state.q + action[:NUM_JOINTS], action[NUM_JOINTS], self.limits)
+                except UnsafeCommandError as exc:
+                    raise _Exit(SkillStatus.ABORTED, Fault.UNSAFE, f"unsafe command refused: {exc}") from exc
+                if cmd.clipped:
+                    clipped += 1
+                self.arm.send(cmd)
+                steps += 1
+                if feedback is not None:
+                    feedback(steps, progress, np.array(cmd.q))
+                if cfg.period_s > 0:
+                    next_tick += cfg.period_s
+                    delay = next_tick - self.clock()
+                    if delay > 0:
+                        self.sleep(delay)
+                    else:
+                        next_tick = self.clock()  # overran: do not try to catch up
+        except _Exit as ex:
+            logger.warning("skill %s: %s", ex.status.value, ex.error)
+            return self._finish(ex.status, ex.fault, ex.error, steps, clipped, stop=ex.stop)
+        except ArmError as exc:
+            fault = classify_arm_error(exc)
+            logger.error("skill aborted by arm error (%s): %s", fault.value, exc)
+            # a reflex/e-stop has already stopped the robot and a dead network cannot carry a stop
+            return self._finish(SkillStatus.ABORTED, fault, f"{type(exc).__name__}: {exc}", steps, clipped,
+                                stop=fault not in (Fault.NETWORK, Fault.REALTIME))
+
+    # ------------------------------------------------------------------------------------
+    @staticmethod
+    def _parse(out: Any) -> tuple[np.ndarray, float]:
+        try:
+            action, progress = out
+            a = np.asarray(action, dtype=np.float64)
+            p = float(progress)
+        except (TypeError, ValueError) as exc:
+            raise _Exit(SkillStatus.ABORTED, Fault.DECODER, f"malformed decoder output: {exc}") from None
+        if a.shape != (ACTION_DIM,):
+            raise _Exit(SkillStatus.ABORTED, Fault.DECODER, f"decoder action must have shape ({ACTION_DIM},), got {a.shape}")
+        # NaN/Inf in the action is refused by check_command (Fault.UNSAFE)
+        return a, p
+
+    def stop_and_wait(self) -> bool:
+        """Stop the arm and wait until it is stationary (bounded by stop_timeout_s); True if stationary."""
+        self.arm.stop()
+        deadline = self.clock() + self.config.stop_timeout_s
+        while not self.arm.is_stationary():
+            if self.clock() >= deadline:
+                return False
+            self.sleep(self.config.stationary_poll_s)
+        return True
+
+    def _finish(self, status: SkillStatus, fault: Fault, error: str, steps: int, clipped: int,
+                *, stop: bool = False, truncated: bool = False) -> SkillResult:
+        if stop:
+            try:
+                stationary = self.stop_and_wait()
+            except ArmError as exc:
+                logger.error("stopping the arm failed: %s", exc)
+                status, fault = SkillStatus.ABORTED, classify_arm_error(exc)
+                error = f"{error}; stopping the arm failed: {type(exc).__name__}: {exc}"
+            else:
+                if not stationary:
+                    error = f"{error}; arm not stationary {self.config.stop_timeout_s} s after stop()"
+                    status, fault = SkillStatus.ABORTED, Fault.STOP_TIMEOUT
+                    logger.error("arm did not stop within %s s", self.config.stop_timeout_s)
+        try:
+            final_q = np.array(self.arm.read_state().q, dtype=np.float64)
+        except ArmError:
+            final_q = np.full(NUM_JOINTS, np.nan)
+        return SkillResult(
+            status=status,
+            success=status is SkillStatus.SUCCEEDED,
+            error=error,
+            steps_executed=steps,
+            final_q=final_q,
+            clipped_count=clipped,
+            fault=fault,
+            truncated=truncated,
+        )
