@@ -10,5 +10,5 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST
 if [ -f "$_EXTRACT_ROOT/ros2_ws/install/setup.sh" ]; then
   _nounset=$([[ $- == *u* ]] && echo 1); set +u
   COLCON_CURRENT_PREFIX="$_EXTRACT_ROOT/ros2_ws/install" . "$_EXTRACT_ROOT/ros2_ws/install/setup.sh"
-  [ -n "$_nounset" ] && set -u
+  if [ -n "$_nounset" ]; then set -u; fi
 fi

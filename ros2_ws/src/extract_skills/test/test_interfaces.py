@@ -19,7 +19,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from support.ros_graph import RclpyContext, spin_until, start_python, stop_process, wait_future  # noqa: E402
 
-SERVER = str(Path(__file__).parent / "support" / "execute_skill_fixture_server.py")
+from support.tiny_models import make_tiny_models  # noqa: E402
 
 
 def _roundtrip(msg_type, fill):
@@ -112,8 +112,15 @@ def test_services_roundtrip():
 
 
 @pytest.fixture
-def action_server_process():
-    proc = start_python(SERVER, module=False)
+def action_server_process(tmp_path):
+    """The real skill-decoder action server, fake arm, in its own process.
+
+    progress_threshold 1.0: the progress head never ends a skill, so the step limit sets its length.
+    """
+    make_tiny_models(tmp_path)
+    proc = start_python("extract_skills.nodes.skill_decoder_server", "--ros-args",
+                        "-p", "arm:=fake", "-p", f"models_dir:={tmp_path}", "-p", "control_period_s:=0.02",
+                        "-p", "progress_threshold:=1.0", "-p", "max_skill_steps:=200", "-p", "max_step_delta:=0.01")
     yield proc
     out = stop_process(proc)
     print(out)
@@ -140,7 +147,7 @@ def test_execute_skill_across_processes(action_server_process):
         assert res.status == GoalStatus.STATUS_SUCCEEDED and res.result.success
         assert res.result.steps_executed == 5
         assert [f.step for f in feedback] == [0, 1, 2, 3, 4]
-        assert feedback[-1].progress == pytest.approx(1.0)
+        assert all(len(f.commanded_joint_positions) == 7 for f in feedback)
         assert len(res.result.final_joint_positions) == 7
 
         # 2. Cancel mid-skill.
@@ -163,9 +170,12 @@ def test_execute_skill_across_processes(action_server_process):
         assert old.status == GoalStatus.STATUS_ABORTED and "preempted" in old.result.error
         assert new.status == GoalStatus.STATUS_SUCCEEDED and new.result.steps_executed == 3
 
-        # 4. Invalid goal (NaN argument) is rejected before it runs.
-        bad = _goal(0, 3)
-        bad.argument = [math.nan] * 5
-        gh = wait_future(ex, client.send_goal_async(bad))
-        assert not gh.accepted
+        # 4. Invalid goals are rejected before they run: NaN argument, unknown skill id, wrong length.
+        nan_goal = _goal(0, 3)
+        nan_goal.argument = [math.nan] * 5
+        short_goal = _goal(0, 3)
+        short_goal.argument = [0.1, 0.2]
+        for bad in (nan_goal, _goal(99, 3), short_goal):
+            gh = wait_future(ex, client.send_goal_async(bad))
+            assert not gh.accepted, bad
         node.destroy_node()

@@ -1,0 +1,136 @@
+"""The node graph, described once.
+
+`launch/sim.launch.py`, `launch/real_robot.launch.py` and the in-process runner
+(`extract_skills.nodes.run_graph`, for machines without `ros2 launch`) all read this module,
+so node names, executables, parameter files and launch arguments cannot drift apart.
+No ROS imports here: the launch files and the runner add those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+MODES = ("sim", "real")
+
+# Topic and service names shared by the nodes.
+TOPICS = {
+    "image": "/camera/image_raw",
+    "joint_states": "/joint_states",
+    "embedding": "/skill_embedding",
+    "skill_command": "/skill_command",
+    "joint_commands": "/joint_commands",
+    "episode_event": "/episode_event",
+    "subtask_status": "/subtask_status",
+}
+ACTION_EXECUTE_SKILL = "/execute_skill"
+SERVICES = {
+    "reset_episode": "/reset_episode",
+    "confirm_outcome": "/confirm_outcome",
+    "sim_reset": "/sim/reset",
+    "move_home": "/move_home",
+}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str  # ROS node name; also its section in the parameter file
+    executable: str  # console script installed under lib/extract_skills
+    module: str  # python module holding the Node subclass and main()
+    node_class: str
+    modes: tuple[str, ...] = MODES
+
+
+@dataclass(frozen=True)
+class LaunchArg:
+    name: str
+    default: str
+    description: str
+    # (node name, parameter name) pairs this argument overrides; empty = consumed by the launch logic.
+    targets: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("kitchen_sim", "kitchen_sim_node", "extract_skills.nodes.kitchen_sim_node", "KitchenSimNode", ("sim",)),
+    NodeSpec("camera_embedding", "camera_embedding_node", "extract_skills.nodes.camera_embedding_node",
+             "CameraEmbeddingNode"),
+    NodeSpec("skill_policy", "skill_policy_node", "extract_skills.nodes.skill_policy_node", "SkillPolicyNode"),
+    NodeSpec("skill_decoder", "skill_decoder_server", "extract_skills.nodes.skill_decoder_server",
+             "SkillDecoderServer"),
+    NodeSpec("reward_reset_supervisor", "reward_reset_supervisor", "extract_skills.nodes.reward_reset_supervisor",
+             "RewardResetSupervisor"),
+)
+
+PARAM_FILES = {"sim": "sim.yaml", "real": "real_robot.yaml"}
+
+LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
+    "sim": (
+        LaunchArg("models_dir", "", "Directory with the skill checkpoint and encoder weights (default: the shipped models/)",
+                  (("camera_embedding", "models_dir"), ("skill_policy", "models_dir"), ("skill_decoder", "models_dir"))),
+        LaunchArg("num_episodes", "3", "Episodes to run before the supervisor ends the run (0 = forever)",
+                  (("reward_reset_supervisor", "num_episodes"),)),
+        LaunchArg("task", "", "Comma-separated kitchen subtasks of the evaluation task (empty = first held-out task)",
+                  (("kitchen_sim", "task"), ("reward_reset_supervisor", "task"))),
+        LaunchArg("seed", "0", "Random seed of the sim and the policy",
+                  (("kitchen_sim", "seed"), ("skill_policy", "seed"))),
+    ),
+    "real": (
+        LaunchArg("robot_ip", "172.16.0.2", "IP address of the Franka control unit (FCI)",
+                  (("skill_decoder", "robot_ip"),)),
+        LaunchArg("models_dir", "", "Directory with the skill checkpoint and encoder weights (default: the shipped models/)",
+                  (("camera_embedding", "models_dir"), ("skill_policy", "models_dir"), ("skill_decoder", "models_dir"))),
+        LaunchArg("camera_topic", "/camera/image_raw", "sensor_msgs/Image topic of the scene camera",
+                  (("camera_embedding", "image_topic"),)),
+        LaunchArg("camera_info", "", "camera_info YAML to validate image size against (empty = no check)",
+                  (("camera_embedding", "camera_info_file"),)),
+        LaunchArg("use_fake_hardware", "false", "Drive the scripted fake arm instead of the robot (no motion)",
+                  (("skill_decoder", "use_fake_hardware"),)),
+        LaunchArg("num_episodes", "0", "Episodes to run before stopping (0 = until interrupted)",
+                  (("reward_reset_supervisor", "num_episodes"),)),
+    ),
+}
+
+
+def nodes_for(mode: str) -> tuple[NodeSpec, ...]:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    return tuple(n for n in NODES if mode in n.modes)
+
+
+def package_root() -> Path:
+    """Source tree of the package (config/ lives beside the python package)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def default_models_dir() -> Path:
+    """The repository's shipped models/ (env EXTRACT_MODELS_DIR overrides)."""
+    import os
+
+    env = os.environ.get("EXTRACT_MODELS_DIR")
+    if env:
+        return Path(env)
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "models").is_dir() and (parent / "ros2_ws").is_dir():
+            return parent / "models"
+    return Path.cwd() / "models"
+
+
+def param_file(mode: str, share_dir: Path | None = None) -> Path:
+    """Parameter file of a mode, from the installed share dir when given, else from the source tree."""
+    base = share_dir if share_dir is not None else package_root()
+    return base / "config" / PARAM_FILES[mode]
+
+
+def overrides_for(mode: str, values: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Map launch-argument values onto per-node parameter overrides (empty strings are skipped)."""
+    known = {a.name: a for a in LAUNCH_ARGS[mode]}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown argument(s) {sorted(unknown)} for mode {mode}; valid: {sorted(known)}")
+    out: dict[str, dict[str, str]] = {}
+    for name, value in values.items():
+        if value == "":
+            continue
+        for node, param in known[name].targets:
+            out.setdefault(node, {})[param] = value
+    return out

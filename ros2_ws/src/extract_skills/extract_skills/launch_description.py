@@ -1,0 +1,43 @@
+"""Builds a `launch.LaunchDescription` from the graph description (used by launch/*.launch.py).
+
+Imports `launch`/`launch_ros` lazily: they are not on PyPI, so the rest of the package must not need them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from extract_skills.graph import LAUNCH_ARGS, nodes_for, param_file
+
+
+def build_launch_description(mode: str):
+    from ament_index_python.packages import get_package_share_directory
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    from launch.events import Shutdown
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    share = Path(get_package_share_directory("extract_skills"))
+    params = str(param_file(mode, share))
+    actions = [DeclareLaunchArgument(a.name, default_value=a.default, description=a.description)
+               for a in LAUNCH_ARGS[mode]]
+    for spec in nodes_for(mode):
+        overrides = {param: LaunchConfiguration(arg.name)
+                     for arg in LAUNCH_ARGS[mode] for node, param in arg.targets if node == spec.name}
+        node = Node(
+            package="extract_skills",
+            executable=spec.executable,
+            name=spec.name,
+            output="screen",
+            emulate_tty=True,
+            parameters=[params, overrides],
+            # The motion node is never restarted automatically: a person decides after a fault.
+            respawn=False,
+        )
+        actions.append(node)
+        if spec.name == "reward_reset_supervisor":
+            # The supervisor exits after its episodes (num_episodes > 0): end the whole graph with it.
+            actions.append(RegisterEventHandler(OnProcessExit(
+                target_action=node, on_exit=[EmitEvent(event=Shutdown(reason="supervisor finished"))])))
+    return LaunchDescription(actions)

@@ -1,0 +1,132 @@
+"""Camera embedding node: sensor_msgs/Image in, SkillEmbedding out (stamped with the image's stamp).
+
+The encoder is the one the skill checkpoint was trained with (name + weights hash are checked).
+Images are queued by the subscription and embedded by a worker timer; when it falls behind it
+embeds the whole backlog as one batch. Stale frames (monotonic arrival age) and frozen frames
+(repeated stamp or identical pixels) are refused and reported, never embedded.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from extract_msgs.msg import SkillEmbedding
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from extract_skills.core.deployment import load_deployment_encoder
+from extract_skills.graph import TOPICS
+from extract_skills.nodes.common import declare, image_to_rgb, models_dir, run_node, stamp_to_s
+
+DEFAULTS = {
+    "image_topic": TOPICS["image"],
+    "models_dir": "",
+    "checkpoint": "extract_kitchen.pt",
+    "camera_info_file": "",  # camera_info YAML; image size must match it
+    "max_frame_age_s": 0.5,  # s, older frames (arrival, monotonic) are dropped as stale
+    "frozen_frame_limit": 3,  # identical frames in a row before the stream counts as frozen
+    "max_batch": 8,  # frames embedded in one batch when behind
+    "num_threads": 0,  # torch intra-op threads; 0 = torch default
+}
+
+
+class CameraEmbeddingNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("camera_embedding", **kwargs)
+        self.p = declare(self, DEFAULTS, {
+            "max_frame_age_s": lambda v: None if v > 0 else "must be > 0 s",
+            "frozen_frame_limit": lambda v: None if v >= 1 else "must be >= 1",
+            "max_batch": lambda v: None if v >= 1 else "must be >= 1",
+        })
+        if self.p["num_threads"] > 0:
+            import torch
+
+            torch.set_num_threads(self.p["num_threads"])
+        ckpt = models_dir(self.p["models_dir"]) / self.p["checkpoint"]
+        self.encoder = load_deployment_encoder(ckpt)
+        self.expected_size = None
+        if self.p["camera_info_file"]:
+            from extract_skills.calibration.validate import load_camera_info
+
+            info = load_camera_info(Path(self.p["camera_info_file"]))
+            self.expected_size = (int(info["image_width"]), int(info["image_height"]))
+        self._queue: collections.deque = collections.deque(maxlen=64)
+        self._lock = threading.Lock()
+        self._last_stamp = None
+        self._last_hash = None
+        self._repeats = 0
+        self.seq = 0
+        self.counters = collections.Counter()
+        self.pub = self.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
+        self.create_subscription(Image, self.p["image_topic"], self._on_image, 10)
+        self.create_timer(0.005, self._work, callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(f"embedding {self.p['image_topic']} with {self.encoder.identity.name} "
+                               f"({self.encoder.identity.sha256[:12]})")
+
+    def _on_image(self, msg: Image) -> None:
+        self.seq += 1
+        if self.expected_size and (msg.width, msg.height) != self.expected_size:
+            self.counters["size_mismatch"] += 1
+            self.get_logger().error(
+                f"image {msg.width}x{msg.height} does not match camera_info {self.expected_size[0]}x"
+                f"{self.expected_size[1]}: refusing frames", throttle_duration_sec=2.0)
+            return
+        try:
+            rgb = image_to_rgb(msg)
+        except ValueError as exc:
+            self.counters["bad_image"] += 1
+            self.get_logger().error(f"refusing image: {exc}", throttle_duration_sec=2.0)
+            return
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        digest = hashlib.blake2b(rgb.tobytes(), digest_size=16).digest()
+        # A camera that keeps sending the same stamp or the same pixels is frozen: no new information.
+        if stamp == self._last_stamp or digest == self._last_hash:
+            self._repeats += 1
+        else:
+            self._repeats = 0
+        self._last_stamp, self._last_hash = stamp, digest
+        if self._repeats >= self.p["frozen_frame_limit"]:
+            self.counters["frozen"] += 1
+            self.get_logger().warning(f"camera frozen ({self._repeats} repeated frames): refusing",
+                                      throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            self._queue.append((time.monotonic(), msg.header, rgb, self.seq))
+
+    def _work(self) -> None:
+        with self._lock:
+            items = [self._queue.popleft() for _ in range(min(len(self._queue), self.p["max_batch"]))]
+        if not items:
+            return
+        now = time.monotonic()
+        fresh = [it for it in items if now - it[0] <= self.p["max_frame_age_s"]]
+        if len(fresh) < len(items):
+            self.counters["stale"] += len(items) - len(fresh)
+            self.get_logger().warning(f"dropped {len(items) - len(fresh)} stale frame(s)", throttle_duration_sec=2.0)
+        if not fresh:
+            return
+        emb = self.encoder.embed_frames(np.stack([it[2] for it in fresh]), batch_size=len(fresh))
+        done = time.monotonic()
+        for (t_arrive, header, _, seq), e in zip(fresh, emb):
+            msg = SkillEmbedding()
+            msg.header = header
+            msg.encoder_name = self.encoder.identity.name
+            msg.encoder_hash = self.encoder.identity.sha256
+            msg.embedding = e.astype(np.float32).tolist()
+            msg.image_seq = seq
+            msg.latency = float(done - t_arrive)
+            self.pub.publish(msg)
+        self.counters["embedded"] += len(fresh)
+
+
+def main(args=None) -> None:
+    run_node(CameraEmbeddingNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Thin shared plumbing of the rclpy adapters: parameters, message <-> numpy, node entry points."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rcl_interfaces.msg import SetParametersResult
+from sensor_msgs.msg import Image, JointState
+
+from extract_skills.graph import default_models_dir
+
+ARM_JOINT_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
+FINGER_JOINT_NAMES = ("fr3_finger_joint1", "fr3_finger_joint2")
+FINGER_MAX = 0.04  # m, one finger's travel; opening 1.0 = both fingers at FINGER_MAX
+
+
+def declare(node: Node, defaults: dict[str, Any], validators: dict[str, Callable[[Any], str | None]] | None = None):
+    """Declare parameters (defaults in code, values from config/*.yaml) and validate them now and on set."""
+    validators = validators or {}
+    for name, value in defaults.items():
+        node.declare_parameter(name, value)
+
+    def check(params) -> SetParametersResult:
+        for p in params:
+            fn = validators.get(p.name)
+            err = fn(p.value) if fn else None
+            if err:
+                return SetParametersResult(successful=False, reason=f"{p.name}: {err}")
+        return SetParametersResult(successful=True)
+
+    values = {name: node.get_parameter(name).value for name in defaults}
+    for name, fn in validators.items():
+        err = fn(values[name])
+        if err:
+            raise ValueError(f"parameter {node.get_name()}.{name} = {values[name]!r}: {err}")
+    node.add_on_set_parameters_callback(check)
+    return values
+
+
+def models_dir(value: str):
+    from pathlib import Path
+
+    return Path(value) if value else default_models_dir()
+
+
+# ------------------------------------------------------------------------------ images
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 (H, W, 3) RGB."""
+    import cv2
+
+    ch = _CHANNELS.get(msg.encoding)
+    if ch is None:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}; supported: {sorted(_CHANNELS)}")
+    if msg.step < msg.width * ch or len(msg.data) < msg.step * msg.height:
+        raise ValueError(f"image buffer too small: {len(msg.data)} bytes for {msg.width}x{msg.height} {msg.encoding}")
+    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)[:, : msg.width * ch]
+    img = buf.reshape(msg.height, msg.width, ch)
+    conv = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
+            "mono8": cv2.COLOR_GRAY2RGB}.get(msg.encoding)
+    return np.ascontiguousarray(cv2.cvtColor(img, conv) if conv is not None else img)
+
+
+def rgb_to_image(rgb: np.ndarray, stamp, frame_id: str) -> Image:
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding = "rgb8"
+    msg.step = msg.width * 3
+    msg.data = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    return msg
+
+
+# ------------------------------------------------------------------------------ joints
+def joint_state_msg(q: np.ndarray, gripper: float, stamp, dq: np.ndarray | None = None) -> JointState:
+    """7 arm joints (rad) + the two finger joints (m) from a gripper opening in [0, 1]."""
+    msg = JointState()
+    msg.header.stamp = stamp
+    msg.name = list(ARM_JOINT_NAMES + FINGER_JOINT_NAMES)
+    finger = float(gripper) * FINGER_MAX
+    msg.position = [float(x) for x in q] + [finger, finger]
+    if dq is not None:
+        msg.velocity = [float(x) for x in dq] + [0.0, 0.0]
+    return msg
+
+
+def parse_joint_state(msg: JointState) -> tuple[np.ndarray, np.ndarray, float]:
+    """-> q (7,), dq (7,) (zeros if absent), gripper opening in [0, 1]. Raises ValueError on a malformed message."""
+    index = {n: i for i, n in enumerate(msg.name)}
+    missing = [n for n in ARM_JOINT_NAMES if n not in index]
+    if missing:
+        raise ValueError(f"joint state lacks joints {missing}")
+    pos = np.asarray(msg.position, dtype=np.float64)
+    q = pos[[index[n] for n in ARM_JOINT_NAMES]]
+    vel = np.asarray(msg.velocity, dtype=np.float64)
+    dq = vel[[index[n] for n in ARM_JOINT_NAMES]] if len(vel) == len(pos) else np.zeros(7)
+    fingers = [pos[index[n]] for n in FINGER_JOINT_NAMES if n in index]
+    gripper = float(np.clip(sum(fingers) / (2 * FINGER_MAX), 0.0, 1.0)) if fingers else 0.0
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(dq))):
+        raise ValueError("joint state contains NaN/Inf")
+    return q, dq, gripper
+
+
+def stamp_to_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def run_node(node_cls, args=None) -> None:
+    """`main()` of every node: one node, a MultiThreadedExecutor, clean exit on Ctrl-C or when the node asks."""
+    rclpy.init(args=args)
+    node = node_cls()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while rclpy.ok() and not getattr(node, "finished", False):
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        close = getattr(node, "close", None)
+        if close:
+            close()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+class Monotonic:
+    """A value with the monotonic time it arrived (timeouts use monotonic time, never ROS time)."""
+
+    __slots__ = ("value", "t")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.t = -float("inf")
+
+    def set(self, value: Any) -> None:
+        self.value, self.t = value, time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self.t

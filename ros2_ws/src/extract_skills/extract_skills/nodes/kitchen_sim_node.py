@@ -1,0 +1,165 @@
+"""Kitchen sim node: the MuJoCo Franka Kitchen as a robot on the ROS graph.
+
+Free-running at the kitchen's control period (like a real robot, the world does not wait): each tick
+applies the latest joint target from /joint_commands (holding position when none came), steps the
+physics one control step, and publishes the camera image, /joint_states and /subtask_status.
+/sim/reset (std_srvs/Trigger) resets the scene for a new episode.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from extract_msgs.msg import SubtaskStatus
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+
+from extract_skills.core.dataset import SUBTASK_NAMES
+from extract_skills.core.kitchen import KitchenArm, KitchenConfig, KitchenSim
+from extract_skills.core.scripted_demos import REST_Q
+from extract_skills.graph import SERVICES, TOPICS
+from extract_skills.nodes.common import declare, joint_state_msg, parse_joint_state, rgb_to_image, run_node
+
+DEFAULTS = {
+    "image_size": 128,  # px, square camera image (the shipped models were trained on 128)
+    "fast_render": True,  # shadows/reflections off: same setting as the demo data
+    "real_time_factor": 1.0,  # 1.0 = one control step per kitchen dt of wall time; 0 = as fast as possible
+    "task": "",  # comma-separated subtasks of the evaluation task
+    "seed": 0,
+    "camera_frame": "kitchen_camera",
+}
+
+
+def parse_task(task: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in task.split(",") if t.strip())
+    unknown = [t for t in names if t not in SUBTASK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown subtasks {unknown}; valid: {list(SUBTASK_NAMES)}")
+    return names
+
+
+class KitchenSimNode(Node):
+    """Owns the kitchen in one thread: OSMesa GL contexts belong to the thread that made them."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("kitchen_sim", **kwargs)
+        self.p = declare(self, DEFAULTS, {
+            "image_size": lambda v: None if 16 <= v <= 1024 else "must be in [16, 1024] px",
+            "real_time_factor": lambda v: None if v >= 0 else "must be >= 0",
+            "task": lambda v: (parse_task(v), None)[1],
+        })
+        self.task = parse_task(self.p["task"])
+        self._lock = threading.Lock()
+        self._target: tuple[np.ndarray, float] | None = None
+        self._reset_requests: list[threading.Event] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.dt = 0.08
+        self.pub_image = self.create_publisher(Image, TOPICS["image"], 5)
+        self.pub_joints = self.create_publisher(JointState, TOPICS["joint_states"], 10)
+        self.pub_status = self.create_publisher(SubtaskStatus, TOPICS["subtask_status"], 10)
+        self.create_subscription(JointState, TOPICS["joint_commands"], self._on_command, 10)
+        self.create_service(Trigger, SERVICES["sim_reset"], self._on_reset)
+        self._thread = threading.Thread(target=self._run, name="kitchen_sim", daemon=True)
+        self._thread.start()
+        self._ready.wait(120.0)
+        if self._error is not None or not self._ready.is_set():
+            raise RuntimeError(f"kitchen sim failed to start: {self._error!r}")
+        self.get_logger().info(f"kitchen ready: dt={self.dt:.3f} s, task={list(self.task)}")
+
+    def _on_command(self, msg: JointState) -> None:
+        try:
+            q, _, gripper = parse_joint_state(msg)
+        except ValueError as exc:  # the decoder only sends checked commands; anything else is dropped
+            self.get_logger().error(f"dropping malformed joint command: {exc}")
+            return
+        with self._lock:
+            self._target = (q, gripper)
+
+    def _on_reset(self, _req, resp):
+        done = threading.Event()
+        with self._lock:
+            self._reset_requests.append(done)
+        ok = done.wait(30.0)
+        resp.success = ok
+        resp.message = f"kitchen reset, task {list(self.task)}" if ok else "kitchen reset timed out"
+        return resp
+
+    def _run(self) -> None:
+        try:
+            sim = KitchenSim(KitchenConfig(image_size=self.p["image_size"], fast_render=self.p["fast_render"]))
+        except BaseException as exc:  # noqa: BLE001 - reported to the constructor
+            self._error = exc
+            self._ready.set()
+            return
+        arm = KitchenArm(sim)
+        arm.connect()
+        self.dt = sim.dt
+        seed = int(self.p["seed"])
+        rtf = self.p["real_time_factor"]
+        period = sim.dt / rtf if rtf > 0 else 0.0
+
+        def reset():
+            nonlocal seed
+            sim.reset(seed=seed, task_sequence=self.task, arm_qpos=REST_Q)
+            seed += 1
+            with self._lock:
+                self._target = None  # hold the reset pose until the first command
+
+        try:
+            reset()
+            self._ready.set()
+            next_tick = time.monotonic()
+            while not self._stop.is_set():
+                with self._lock:
+                    requests, self._reset_requests = self._reset_requests, []
+                if requests:
+                    reset()
+                    for ev in requests:
+                        ev.set()
+                with self._lock:
+                    target = self._target
+                if target is None:
+                    s = arm.read_state()
+                    target = (s.q, s.gripper)
+                    with self._lock:
+                        self._target = target
+                step = arm.step_to(*target)
+                self._publish(step.obs, arm.read_state())
+                next_tick += period
+                delay = next_tick - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    next_tick = time.monotonic()  # running slower than real time: do not catch up
+        except BaseException as exc:  # noqa: BLE001
+            self._error = exc
+            self.get_logger().fatal(f"kitchen sim thread died: {exc!r}")
+        finally:
+            sim.close()
+
+    def _publish(self, obs, state) -> None:
+        stamp = self.get_clock().now().to_msg()
+        self.pub_joints.publish(joint_state_msg(state.q, state.gripper, stamp, dq=state.dq))
+        if obs.image is not None:
+            self.pub_image.publish(rgb_to_image(obs.image, stamp, self.p["camera_frame"]))
+        status = SubtaskStatus()
+        status.header.stamp = stamp
+        status.names = list(SUBTASK_NAMES)
+        status.done = [bool(x) for x in obs.subtasks_done]
+        self.pub_status.publish(status)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+
+def main(args=None) -> None:
+    run_node(KitchenSimNode, args)
+
+
+if __name__ == "__main__":
+    main()

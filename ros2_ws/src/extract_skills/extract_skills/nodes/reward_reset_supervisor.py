@@ -1,0 +1,184 @@
+"""Reward/reset supervisor: episode lifecycle, sparse reward, resets, EpisodeEvent.
+
+Sim: success detectors are the kitchen's physics-measured subtask flags (/subtask_status); resets
+call /sim/reset. Real robot: rewards come from the operator (/confirm_outcome) or any detector that
+publishes SubtaskStatus; resets are operator-gated (/reset_episode with operator_confirmed) and move
+the arm home through the decoder's checked path (/move_home). Failed resets are retried a bounded
+number of times, then the supervisor publishes NEEDS_HUMAN and waits.
+"""
+from __future__ import annotations
+
+import time
+
+from extract_msgs.msg import EpisodeEvent, SkillCommand, SubtaskStatus
+from extract_msgs.srv import ConfirmOutcome, ResetEpisode
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+from std_srvs.srv import Trigger
+
+from extract_skills.core.episode import EpisodeTracker, Outcome
+from extract_skills.graph import SERVICES, TOPICS
+from extract_skills.nodes.common import declare, run_node
+from extract_skills.nodes.kitchen_sim_node import parse_task
+
+DEFAULTS = {
+    "mode": "sim",  # sim | real
+    "task": "",  # comma-separated subtasks; empty = the sim's default held-out task
+    "num_episodes": 3,  # 0 = run until interrupted
+    "max_skills_per_episode": 12,
+    "max_episode_s": 120.0,  # s (monotonic) before the episode is truncated
+    "reset_retries": 3,
+    "reset_timeout_s": 30.0,
+    "settle_s": 0.5,  # s between the end of an episode and the reset (lets the policy cancel)
+}
+
+
+class RewardResetSupervisor(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("reward_reset_supervisor", **kwargs)
+        self.p = declare(self, DEFAULTS, {
+            "mode": lambda v: None if v in ("sim", "real") else "must be sim or real",
+            "num_episodes": lambda v: None if v >= 0 else "must be >= 0",
+            "max_skills_per_episode": lambda v: None if v >= 1 else "must be >= 1",
+            "task": lambda v: (parse_task(v), None)[1],
+        })
+        self.task = parse_task(self.p["task"])
+        self.tracker: EpisodeTracker | None = None
+        self.episode_id = 0
+        self.finished = False
+        self.summary: list[dict] = []
+        self._t_start = 0.0
+        self._state = "reset"  # reset -> running -> ending -> reset ...
+        self._ended_at = 0.0
+        self._reset_future = None
+        self._reset_attempts = 0
+        self._operator_ok = self.p["mode"] == "sim"
+        group = ReentrantCallbackGroup()
+        self.pub = self.create_publisher(EpisodeEvent, TOPICS["episode_event"], 10)
+        self.create_subscription(SubtaskStatus, TOPICS["subtask_status"], self._on_status, 10, callback_group=group)
+        self.create_subscription(SkillCommand, TOPICS["skill_command"], self._on_skill, 10, callback_group=group)
+        self.create_service(ResetEpisode, SERVICES["reset_episode"], self._on_reset_request, callback_group=group)
+        self.create_service(ConfirmOutcome, SERVICES["confirm_outcome"], self._on_confirm, callback_group=group)
+        reset_srv = SERVICES["sim_reset"] if self.p["mode"] == "sim" else SERVICES["move_home"]
+        self.reset_client = self.create_client(Trigger, reset_srv, callback_group=group)
+        self.create_timer(0.05, self._tick, callback_group=group)
+
+    # -------------------------------------------------------------------------- events
+    def _publish(self, event: int, reward: float = 0.0, detail: str = "") -> None:
+        msg = EpisodeEvent()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.episode_id, msg.event, msg.reward, msg.detail = self.episode_id, event, float(reward), detail
+        if self.tracker is not None:
+            msg.episode_return = float(self.tracker.episode_return)
+            msg.skills_executed = self.tracker.skills
+            msg.completed_subtasks = list(self.tracker.completed)
+        self.pub.publish(msg)
+
+    def _on_status(self, msg: SubtaskStatus) -> None:
+        if self._state != "running" or self.tracker is None:
+            return
+        for name in self.tracker.update(dict(zip(msg.names, msg.done))):
+            self.get_logger().info(f"episode {self.episode_id}: completed {name}")
+            self._publish(EpisodeEvent.REWARD, 1.0, name)
+
+    def _on_skill(self, msg: SkillCommand) -> None:
+        if self._state == "running" and self.tracker is not None and msg.episode_id == self.episode_id:
+            self.tracker.skills += 1
+
+    def _on_confirm(self, req, resp):
+        if self._state != "running" or self.tracker is None:
+            resp.success, resp.error = False, "no episode is running"
+            return resp
+        names = [req.subtask] if req.subtask else list(self.tracker.remaining)
+        new = self.tracker.update({n: True for n in names}) if req.succeeded else []
+        for name in new:
+            self._publish(EpisodeEvent.REWARD, 1.0, f"operator: {name}")
+        resp.success, resp.reward = True, float(len(new))
+        return resp
+
+    def _on_reset_request(self, req, resp):
+        if self.p["mode"] == "real" and not req.operator_confirmed:
+            resp.success, resp.error = False, "reset on the real robot needs operator_confirmed=true (workspace clear)"
+            return resp
+        self._operator_ok = True
+        if self._state == "running":
+            self._end(Outcome.TRUNCATED, req.reason or "reset requested")
+        resp.success, resp.episode_id = True, self.episode_id + 1
+        return resp
+
+    # -------------------------------------------------------------------------- lifecycle
+    def _end(self, outcome: Outcome, detail: str) -> None:
+        event = {Outcome.SUCCESS: EpisodeEvent.SUCCESS, Outcome.FAILURE: EpisodeEvent.FAILURE,
+                 Outcome.TRUNCATED: EpisodeEvent.TRUNCATED}[outcome]
+        self._publish(event, 0.0, detail)
+        t = self.tracker
+        self.summary.append({"episode": self.episode_id, "outcome": outcome.value, "return": t.episode_return,
+                             "skills": t.skills, "completed": list(t.completed),
+                             "seconds": round(time.monotonic() - self._t_start, 1)})
+        self.get_logger().info(f"episode {self.episode_id} {outcome.value}: return {t.episode_return}, "
+                               f"{t.skills} skills, completed {list(t.completed)}")
+        self._state, self._ended_at = "ending", time.monotonic()
+        if self.p["mode"] == "real":
+            self._operator_ok = False  # the next reset waits for the operator
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._state == "running":
+            t = self.tracker
+            if t.all_done:
+                self._end(Outcome.SUCCESS, "all subtasks completed")
+            elif t.skills >= self.p["max_skills_per_episode"]:
+                self._end(Outcome.TRUNCATED, f"skill budget ({self.p['max_skills_per_episode']}) used")
+            elif now - self._t_start > self.p["max_episode_s"]:
+                self._end(Outcome.TRUNCATED, f"time limit ({self.p['max_episode_s']} s)")
+        elif self._state == "ending" and now - self._ended_at >= self.p["settle_s"]:
+            if self.p["num_episodes"] and len(self.summary) >= self.p["num_episodes"]:
+                self._state, self.finished = "done", True
+                return
+            self._state = "reset"
+        elif self._state == "reset":
+            self._try_reset(now)
+
+    def _try_reset(self, now: float) -> None:
+        if not self._operator_ok:
+            return
+        if self._reset_future is None:
+            if not self.reset_client.service_is_ready():
+                return
+            self._reset_future = self.reset_client.call_async(Trigger.Request())
+            self._reset_sent = now
+            return
+        fut = self._reset_future
+        if not fut.done():
+            if now - self._reset_sent > self.p["reset_timeout_s"]:
+                fut.cancel()
+                self._reset_failed("reset timed out")
+            return
+        self._reset_future = None
+        res = fut.result()
+        if res is None or not res.success:
+            self._reset_failed(res.message if res is not None else "no response")
+            return
+        self._reset_attempts = 0
+        self.episode_id += 1
+        self.tracker = EpisodeTracker(self.task)
+        self._t_start = time.monotonic()
+        self._state = "running"
+        self._publish(EpisodeEvent.RESET, 0.0, res.message)
+        self._publish(EpisodeEvent.START, 0.0, ",".join(self.task))
+
+    def _reset_failed(self, why: str) -> None:
+        self._reset_attempts += 1
+        self.get_logger().error(f"reset attempt {self._reset_attempts} failed: {why}")
+        if self._reset_attempts >= self.p["reset_retries"]:
+            self._operator_ok = False
+            self._reset_attempts = 0
+            self._publish(EpisodeEvent.NEEDS_HUMAN, 0.0, f"reset failed {self.p['reset_retries']} times: {why}")
+
+
+def main(args=None) -> None:
+    run_node(RewardResetSupervisor, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""In-process runner: the same node graph as `ros2 launch extract_skills sim.launch.py`, in one rclpy executor.
+
+For machines without `ros2 launch` (launch/launch_ros are not on PyPI). It reads the same graph
+description (`extract_skills.graph`) and parameter file as the launch files, takes the launch
+arguments as `name:=value`, and for the sim ends by itself when the supervisor has run its episodes,
+printing a summary.
+
+    run_graph sim num_episodes:=3
+    run_graph real robot_ip:=172.16.0.2 use_fake_hardware:=true
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def parse_launch_args(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if ":=" not in item:
+            raise SystemExit(f"argument {item!r} must look like name:=value")
+        k, v = item.split(":=", 1)
+        out[k] = v
+    return out
+
+
+def node_parameters(mode: str, values: dict[str, str], param_path: Path | None = None) -> dict[str, dict]:
+    """Per-node parameter dicts: the mode's YAML file, then the launch-argument overrides (typed like launch_ros)."""
+    from extract_skills.graph import nodes_for, overrides_for, param_file
+
+    path = param_path or param_file(mode)
+    data = yaml.safe_load(path.read_text()) or {}
+    params = {}
+    overrides = overrides_for(mode, values)
+    for spec in nodes_for(mode):
+        p = dict((data.get(spec.name) or {}).get("ros__parameters") or {})
+        for k, v in overrides.get(spec.name, {}).items():
+            p[k] = yaml.safe_load(v) if v != "" else v
+        params[spec.name] = p
+    return params
+
+
+def build_nodes(mode: str, params: dict[str, dict], context=None):
+    from rclpy.parameter import Parameter
+
+    from extract_skills.graph import nodes_for
+
+    nodes = []
+    for spec in nodes_for(mode):
+        cls = getattr(importlib.import_module(spec.module), spec.node_class)
+        overrides = [Parameter(k, value=v) for k, v in params[spec.name].items()]
+        nodes.append(cls(parameter_overrides=overrides, context=context))
+    return nodes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("sim", "real"))
+    ap.add_argument("args", nargs="*", help="launch arguments, name:=value")
+    ap.add_argument("--params", type=Path, help="parameter file (default: config/<mode>.yaml)")
+    ap.add_argument("--summary-json", type=Path, help="write the episode summary here")
+    ap.add_argument("--timeout-s", type=float, default=0.0, help="give up after this many seconds (0 = never)")
+    ns = ap.parse_args(argv)
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    params = node_parameters(ns.mode, parse_launch_args(ns.args), ns.params)
+    rclpy.init()
+    nodes = build_nodes(ns.mode, params)
+    executor = MultiThreadedExecutor(num_threads=6)
+    for n in nodes:
+        executor.add_node(n)
+    supervisor = next(n for n in nodes if n.get_name() == "reward_reset_supervisor")
+    t0 = time.monotonic()
+    rc = 0
+    try:
+        while rclpy.ok() and not supervisor.finished:
+            executor.spin_once(timeout_sec=0.1)
+            if ns.timeout_s and time.monotonic() - t0 > ns.timeout_s:
+                print(f"run_graph: timed out after {ns.timeout_s} s", file=sys.stderr)
+                rc = 1
+                break
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for n in nodes:
+            close = getattr(n, "close", None)
+            if close:
+                close()
+            n.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    summary = supervisor.summary
+    print("\nepisode | outcome   | return | skills | seconds | completed")
+    for s in summary:
+        print(f"{s['episode']:7d} | {s['outcome']:9s} | {s['return']:6.1f} | {s['skills']:6d} | {s['seconds']:7.1f} | "
+              f"{', '.join(s['completed']) or '-'}")
+    if ns.summary_json:
+        ns.summary_json.write_text(json.dumps(summary, indent=2))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

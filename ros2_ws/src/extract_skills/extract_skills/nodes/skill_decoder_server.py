@@ -1,0 +1,267 @@
+"""Skill-decoder action server: ExecuteSkill goals -> variable-length joint commands on an Arm.
+
+Single goal at a time: a new goal preempts (aborts) the running one, which stops the arm before
+the new one starts. Every command goes through `core.safety.check_command` inside
+`core.skill_executor.SkillExecutor`; cancel is checked every step and CANCELED is reported only once
+the arm is stationary. Arms: `sim` (the kitchen sim node over /joint_commands + /joint_states),
+`franky` (a real Franka through franky/libfranka), `fake` (scripted fake, no hardware).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from extract_msgs.action import ExecuteSkill
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from extract_skills.core.arm import Arm, ArmNetworkError, ArmState, FakeArm
+from extract_skills.core.deployment import load_deployment_bundle
+from extract_skills.core.safety import CheckedCommand, SafetyLimits, check_command, check_dynamics_factor
+from extract_skills.core.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
+                                                validate_goal)
+from extract_skills.graph import ACTION_EXECUTE_SKILL, SERVICES, TOPICS
+from extract_skills.nodes.common import declare, joint_state_msg, models_dir, parse_joint_state, run_node
+from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
+
+ARMS = ("sim", "franky", "fake")
+HOME_Q = [0.0, -0.785398, 0.0, -2.356194, 0.0, 1.570796, 0.785398]  # rad, Franka's usual ready pose
+
+DEFAULTS = {
+    "models_dir": "",
+    "checkpoint": "extract_kitchen.pt",
+    "arm": "sim",
+    "use_fake_hardware": False,  # overrides arm -> fake
+    "robot": "fr3",
+    "robot_ip": "172.16.0.2",
+    "realtime": "enforce",  # enforce on the real robot; ignore only in sim/CI
+    "robot_dynamics_factor": 0.1,  # franky relative_dynamics_factor of the robot object
+    "joint_margin": 0.05,  # rad inside every joint limit
+    "max_step_delta": 0.05,  # rad per control step, any joint
+    "workspace_min": [-0.85, -0.85, 0.02],  # m, base frame
+    "workspace_max": [0.85, 0.85, 1.2],
+    "max_dynamics_factor": 0.3,
+    "control_period_s": 0.08,  # s per decoder step
+    "progress_threshold": 0.9,  # decoder progress head value that ends a skill
+    "max_skill_steps": 40,  # hard cap of one skill's length
+    "argument_bound": 5.0,  # |z_i| beyond this is clipped (prior std units)
+    "heartbeat_timeout_s": 0.5,  # s, policy heartbeat age that stops the arm (once a policy was seen)
+    "state_max_age_s": 0.5,
+    "publish_joint_states_hz": 50.0,  # franky/fake arms: this node publishes /joint_states
+    "home_q": HOME_Q,
+}
+
+
+class TopicArm(Arm):
+    """The kitchen sim node as an Arm: checked targets out on /joint_commands, state in from /joint_states."""
+
+    def __init__(self, node: Node, limits: SafetyLimits, stationary_tol: float = 0.05) -> None:
+        self._node = node
+        self._limits = limits
+        self.stationary_tol = stationary_tol
+        self._state: ArmState | None = None
+        self._pub = node.create_publisher(JointState, TOPICS["joint_commands"], 10)
+        node.create_subscription(JointState, TOPICS["joint_states"], self._on_state, 10,
+                                 callback_group=ReentrantCallbackGroup())
+
+    def _on_state(self, msg: JointState) -> None:
+        try:
+            q, dq, g = parse_joint_state(msg)
+        except ValueError as exc:
+            self._node.get_logger().error(f"bad joint state: {exc}", throttle_duration_sec=2.0)
+            return
+        self._state = ArmState(q=q, dq=dq, gripper=g, stamp=time.monotonic())
+
+    def connect(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        pass
+
+    def read_state(self) -> ArmState:
+        if self._state is None:
+            raise ArmNetworkError(f"no joint state received on {TOPICS['joint_states']} yet")
+        return self._state
+
+    def _send(self, cmd: CheckedCommand) -> None:
+        self._pub.publish(joint_state_msg(cmd.q, cmd.gripper, self._node.get_clock().now().to_msg()))
+
+    def stop(self) -> None:
+        s = self.read_state()
+        self.send(check_command(s.q, s.q, s.gripper, self._limits))  # hold where it is, through the checks
+
+    def is_stationary(self) -> bool:
+        return self._state is not None and float(np.max(np.abs(self._state.dq))) < self.stationary_tol
+
+
+class SkillDecoderServer(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("skill_decoder", **kwargs)
+        self.p = declare(self, DEFAULTS, {
+            "arm": lambda v: None if v in ARMS else f"must be one of {ARMS}",
+            "realtime": lambda v: None if v in ("enforce", "ignore") else "must be enforce or ignore",
+            "progress_threshold": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+            "max_skill_steps": lambda v: None if v >= 1 else "must be >= 1",
+            "control_period_s": lambda v: None if v >= 0 else "must be >= 0 s",
+            "max_dynamics_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1] (refused at load)",
+        })
+        p = self.p
+        self.limits = SafetyLimits(robot=p["robot"], joint_margin=p["joint_margin"], max_step_delta=p["max_step_delta"],
+                                   workspace_min=tuple(p["workspace_min"]), workspace_max=tuple(p["workspace_max"]),
+                                   max_dynamics_factor=p["max_dynamics_factor"],
+                                   dt=p["control_period_s"] or 0.08)
+        self.bundle = load_deployment_bundle(models_dir(p["models_dir"]) / p["checkpoint"])
+        kind = "fake" if p["use_fake_hardware"] else p["arm"]
+        self.arm = self._make_arm(kind)
+        self.arm.connect()
+        self.executor_core = SkillExecutor(self.arm, self.limits, ExecutorConfig(
+            period_s=p["control_period_s"], max_steps=p["max_skill_steps"],
+            heartbeat_timeout_s=p["heartbeat_timeout_s"], state_max_age_s=p["state_max_age_s"]))
+        self.home_executor = SkillExecutor(self.arm, self.limits, ExecutorConfig(
+            period_s=p["control_period_s"], max_steps=400, max_duration_s=120.0, state_max_age_s=p["state_max_age_s"]))
+        self._exec_lock = threading.Lock()  # one skill drives the arm at a time
+        self._goal_lock = threading.Lock()
+        self._active = None
+        self._preempted: dict[int, str] = {}
+        self._heartbeat_t: float | None = None
+        self.last_result = None  # SkillResult of the last skill (observability, tests)
+        group = ReentrantCallbackGroup()
+        self.pub_cmd = self.create_publisher(JointState, TOPICS["joint_commands"], 10) if kind != "sim" else None
+        self.create_subscription(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10, callback_group=group)
+        self.server = ActionServer(self, ExecuteSkill, ACTION_EXECUTE_SKILL, self._execute,
+                                   goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
+                                   cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=group)
+        self.create_service(Trigger, SERVICES["move_home"], self._on_move_home, callback_group=group)
+        if kind != "sim":
+            self.pub_js = self.create_publisher(JointState, TOPICS["joint_states"], 10)
+            self.create_timer(1.0 / p["publish_joint_states_hz"], self._publish_state, callback_group=group)
+        self.get_logger().info(f"skill decoder ready: arm={kind}, {self.bundle.num_skills} skills, "
+                               f"robot={p['robot']}, max step {p['max_step_delta']} rad")
+
+    def _make_arm(self, kind: str) -> Arm:
+        if kind == "sim":
+            return TopicArm(self, self.limits)
+        if kind == "fake":
+            return FakeArm(dt=self.p["control_period_s"] or 0.08)
+        from extract_skills.arms.franky_arm import FrankyArm, FrankyArmConfig
+
+        return FrankyArm(FrankyArmConfig(robot_ip=self.p["robot_ip"], robot=self.p["robot"],
+                                         realtime=self.p["realtime"],
+                                         relative_dynamics_factor=self.p["robot_dynamics_factor"]), self.limits)
+
+    # -------------------------------------------------------------------------- callbacks
+    def _on_heartbeat(self, _msg: Header) -> None:
+        self._heartbeat_t = time.monotonic()
+
+    def _heartbeat(self) -> float:
+        # Before any policy has spoken (operator goals via `ros2 action send_goal`) there is nothing to watch.
+        return time.monotonic() if self._heartbeat_t is None else self._heartbeat_t
+
+    def _publish_state(self) -> None:
+        try:
+            s = self.arm.read_state()
+        except Exception as exc:  # noqa: BLE001 - a state read failure must not kill the node
+            self.get_logger().error(f"reading arm state failed: {exc}", throttle_duration_sec=2.0)
+            return
+        self.pub_js.publish(joint_state_msg(s.q, s.gripper, self.get_clock().now().to_msg(), dq=s.dq))
+
+    def _on_goal(self, goal: ExecuteSkill.Goal) -> GoalResponse:
+        try:
+            validate_goal(int(goal.skill_id), list(goal.argument), self.bundle.num_skills, self.bundle.meta.latent_dim,
+                          self.p["argument_bound"])
+            check_dynamics_factor(goal.dynamics_factor, self.limits)
+        except (GoalRejectedError, ValueError) as exc:
+            self.get_logger().error(f"rejecting skill goal: {exc}")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _on_accepted(self, handle) -> None:
+        with self._goal_lock:
+            if self._active is not None and self._active.is_active:
+                self._preempted[id(self._active)] = "a newer goal was accepted"
+            self._active = handle
+        handle.execute()
+
+    def _execute(self, handle) -> ExecuteSkill.Result:
+        goal = handle.request
+        v = validate_goal(int(goal.skill_id), list(goal.argument), self.bundle.num_skills, self.bundle.meta.latent_dim,
+                          self.p["argument_bound"])
+        max_steps = min(goal.step_limit or self.p["max_skill_steps"], self.p["max_skill_steps"])
+
+        def feedback(step: int, progress: float, q_sent: np.ndarray) -> None:
+            fb = ExecuteSkill.Feedback(step=step - 1, progress=float(progress),
+                                       commanded_joint_positions=[float(x) for x in q_sent])
+            handle.publish_feedback(fb)
+            if self.pub_cmd is not None:
+                self.pub_cmd.publish(joint_state_msg(q_sent, 0.0, self.get_clock().now().to_msg()))
+
+        with self._exec_lock:
+            if id(handle) in self._preempted:  # superseded while waiting for the arm
+                result = None
+            else:
+                result = self.executor_core.run(
+                    self.bundle.rollout(v.skill_id, v.argument, max_steps, self.p["progress_threshold"]),
+                    is_cancel_requested=lambda: handle.is_cancel_requested,
+                    is_preempted=lambda: self._preempted.get(id(handle)),
+                    heartbeat=self._heartbeat, feedback=feedback)
+        out = ExecuteSkill.Result()
+        if result is None:
+            handle.abort()
+            out.error = f"preempted: {self._preempted.pop(id(handle))}"
+            return out
+        self._preempted.pop(id(handle), None)
+        self.last_result = result
+        out.success, out.error = result.success, result.error
+        out.steps_executed, out.clipped_steps = result.steps_executed, result.clipped_count
+        out.final_joint_positions = [float(x) for x in result.final_q]
+        try:
+            out.final_gripper = float(self.arm.read_state().gripper)
+        except Exception:  # noqa: BLE001
+            out.final_gripper = float("nan")
+        if result.status is SkillStatus.SUCCEEDED:
+            handle.succeed()
+        elif result.status is SkillStatus.CANCELED and handle.is_cancel_requested:
+            handle.canceled()
+        else:
+            handle.abort()
+        return out
+
+    def _on_move_home(self, _req, resp):
+        """Scripted move home through the same checked path (small steps toward home_q)."""
+        home = np.asarray(self.p["home_q"], dtype=np.float64)
+        step = self.limits.max_step_delta
+
+        def actions():
+            for i in range(400):
+                q = self.arm.read_state()
+                err = home - q.q
+                if float(np.max(np.abs(err))) < 0.01:
+                    return
+                yield np.concatenate([np.clip(err, -step, step), [q.gripper]]), i / 400
+
+        with self._exec_lock:
+            r = self.home_executor.run(actions())
+        q = self.arm.read_state().q
+        ok = r.success and float(np.max(np.abs(home - q))) < 0.02
+        resp.success = ok
+        resp.message = "at home" if ok else f"move home failed: {r.error or 'did not reach home_q'}"
+        return resp
+
+    def close(self) -> None:
+        try:
+            self.arm.disconnect()
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"disconnect failed: {exc}")
+
+
+def main(args=None) -> None:
+    run_node(SkillDecoderServer, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The node graph through real rclpy: end-to-end sim episode and the fault rows that need ROS.
+
+Rows of ../shared/RELIABILITY.md covered here: 1 (stale camera), 2 (frozen frames), 4 (NaN
+embedding), 12 (policy process killed). The safety function and arm faults are covered in
+test_safety.py / test_skill_executor.py, the action interface (cancel, preemption, bad goals) in
+test_interfaces.py.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("extract_msgs", reason="extract_msgs not built: run scripts/setup.sh")
+
+from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+
+from extract_skills.core.skill_executor import Fault  # noqa: E402
+from extract_skills.core.safety import robot_model  # noqa: E402
+from extract_skills.graph import TOPICS  # noqa: E402
+from extract_skills.nodes.common import rgb_to_image  # noqa: E402
+from support.ros_graph import RclpyContext, spin_until, start_python, stop_process  # noqa: E402
+from support.tiny_models import make_tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    make_tiny_models(d)
+    return d
+
+
+def _params(d: dict) -> list[Parameter]:
+    return [Parameter(k, value=v) for k, v in d.items()]
+
+
+def test_sim_episode_end_to_end(models):
+    """image -> embedding -> SkillCommand -> ExecuteSkill -> joint commands move the sim arm -> EpisodeEvent."""
+    from extract_skills.nodes.run_graph import build_nodes, node_parameters
+
+    params = node_parameters("sim", {"models_dir": str(models), "num_episodes": "1", "task": "microwave,kettle"})
+    params["skill_decoder"].update(max_skill_steps=8)
+    params["reward_reset_supervisor"].update(max_skills_per_episode=3)
+    with RclpyContext() as ctx:
+        nodes = build_nodes("sim", params, context=ctx)
+        by_name = {n.get_name(): n for n in nodes}
+        obs = rclpy.create_node("observer", context=ctx)
+        got = {"events": [], "cmds": [], "joint_cmds": [], "joints": [], "emb": []}
+        obs.create_subscription(EpisodeEvent, TOPICS["episode_event"], got["events"].append, 50)
+        obs.create_subscription(SkillCommand, TOPICS["skill_command"], got["cmds"].append, 50)
+        obs.create_subscription(JointState, TOPICS["joint_commands"], got["joint_cmds"].append, 500)
+        obs.create_subscription(JointState, TOPICS["joint_states"], got["joints"].append, 500)
+        obs.create_subscription(SkillEmbedding, TOPICS["embedding"], got["emb"].append, 500)
+        ex = MultiThreadedExecutor(num_threads=6, context=ctx)
+        for n in [*nodes, obs]:
+            ex.add_node(n)
+        sup = by_name["reward_reset_supervisor"]
+        try:
+            assert spin_until(ex, lambda: sup.finished, 150.0), f"episode did not finish; events={got['events']}"
+        finally:
+            for n in nodes:
+                n.close() if hasattr(n, "close") else None
+    events = [e.event for e in got["events"]]
+    assert events[:2] == [EpisodeEvent.RESET, EpisodeEvent.START]
+    assert events[-1] in (EpisodeEvent.TRUNCATED, EpisodeEvent.SUCCESS)
+    assert sup.summary and sup.summary[0]["skills"] >= 3
+    assert len(got["cmds"]) >= 3 and all(c.policy == SkillCommand.POLICY_PRIOR for c in got["cmds"])
+    # embeddings carry the stamp of a published camera image
+    assert got["emb"] and got["emb"][0].encoder_name == "r3m_resnet18" and len(got["emb"][0].embedding) == 512
+    # joint commands reached the sim arm: it moved, and every command was within the Panda's limits
+    assert len(got["joint_cmds"]) >= 3
+    q_cmd = np.array([list(m.position[:7]) for m in got["joint_cmds"]])
+    panda = robot_model("panda")
+    assert np.all(np.isfinite(q_cmd))
+    assert np.all(q_cmd >= np.array(panda.q_min)) and np.all(q_cmd <= np.array(panda.q_max))
+    q_first = np.array(got["joints"][0].position[:7])
+    q_moved = max(float(np.max(np.abs(np.array(m.position[:7]) - q_first))) for m in got["joints"])
+    assert q_moved > 0.01, "the sim arm never moved"
+
+
+def _image(value: int, stamp) -> Image:
+    rgb = np.full((32, 32, 3), value, np.uint8)
+    rgb[value % 32, :, 0] = 255  # differing content per value
+    return rgb_to_image(rgb, stamp, "cam")
+
+
+def test_camera_refuses_frozen_and_stale_frames(models):
+    from extract_skills.nodes.camera_embedding_node import CameraEmbeddingNode
+
+    with RclpyContext() as ctx:
+        cam = CameraEmbeddingNode(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "frozen_frame_limit": 3}))
+        test = rclpy.create_node("cam_test", context=ctx)
+        out = []
+        test.create_subscription(SkillEmbedding, TOPICS["embedding"], out.append, 100)
+        pub = test.create_publisher(Image, TOPICS["image"], 100)
+        ex = MultiThreadedExecutor(context=ctx)
+        ex.add_node(cam)
+        ex.add_node(test)
+        assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 5.0)
+        # fresh frames are embedded with their own stamps
+        for i in range(3):
+            st = test.get_clock().now().to_msg()
+            pub.publish(_image(10 + i, st))
+            assert spin_until(ex, lambda: len(out) == i + 1, 10.0)
+            assert (out[-1].header.stamp.sec, out[-1].header.stamp.nanosec) == (st.sec, st.nanosec)
+        # frozen: the same frame (stamp and pixels) again and again
+        frozen = _image(99, test.get_clock().now().to_msg())
+        n0 = len(out)
+        for _ in range(8):
+            pub.publish(frozen)
+            ex.spin_once(timeout_sec=0.05)
+        spin_until(ex, lambda: False, 0.5)
+        assert cam.counters["frozen"] >= 5
+        assert len(out) - n0 <= 3, "a frozen stream kept producing embeddings"
+        # stale: frames older than max_frame_age_s when the worker gets them are dropped
+        cam.p["max_frame_age_s"] = 1e-9
+        n1 = len(out)
+        for i in range(3):
+            pub.publish(_image(40 + i, test.get_clock().now().to_msg()))
+        spin_until(ex, lambda: cam.counters["stale"] >= 3, 5.0)
+        assert cam.counters["stale"] >= 3 and len(out) == n1
+
+
+def _publish_obs(node, pub_emb, emb_value: float):
+    st = node.get_clock().now().to_msg()
+    e = SkillEmbedding(encoder_name="r3m_resnet18", embedding=[emb_value] * 512)
+    e.header.stamp = st
+    pub_emb.publish(e)
+
+
+def test_policy_refuses_nan_and_stale_observations(models):
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from extract_skills.nodes.skill_policy_node import SkillPolicyNode
+
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "arm": "fake", "control_period_s": 0.01, "max_step_delta": 0.005,
+             "max_skill_steps": 5}))
+        pol = SkillPolicyNode(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "act_without_episode": True, "max_obs_age_s": 0.3}))
+        test = rclpy.create_node("obs_test", context=ctx)
+        pub = test.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        for n in (dec, pol, test):
+            ex.add_node(n)
+        try:
+            def feed(value, seconds):
+                t_end = time.monotonic() + seconds
+                while time.monotonic() < t_end:
+                    _publish_obs(test, pub, value)
+                    spin_until(ex, lambda: False, 0.05)
+
+            feed(float("nan"), 1.0)
+            assert pol.counters["goals"] == 0 and pol.counters["refused_obs"] > 0
+            feed(0.1, 1.5)
+            assert pol.counters["goals"] >= 1
+            # camera stops: once the observation is older than max_obs_age_s no new goal is sent
+            spin_until(ex, lambda: not pol._in_flight, 5.0)
+            spin_until(ex, lambda: False, 0.4)
+            goals = pol.counters["goals"]
+            spin_until(ex, lambda: False, 1.0)
+            assert pol.counters["goals"] == goals
+        finally:
+            dec.close()
+
+
+def test_policy_process_killed_stops_the_arm(models):
+    """kill -9 of the policy process mid-skill: heartbeat goes stale, decoder stops the arm, goal ABORTED."""
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "arm": "fake", "control_period_s": 0.02, "max_step_delta": 0.01,
+             "progress_threshold": 1.0, "max_skill_steps": 300, "heartbeat_timeout_s": 0.3}))
+        test = rclpy.create_node("kill_test", context=ctx)
+        pub = test.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
+        cmds = []
+        test.create_subscription(SkillCommand, TOPICS["skill_command"], cmds.append, 10)
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        ex.add_node(dec)
+        ex.add_node(test)
+        policy = start_python("extract_skills.nodes.skill_policy_node", "--ros-args", "-p", f"models_dir:={models}",
+                              "-p", "act_without_episode:=true", "-p", "step_limit:=300")
+        try:
+            t_end = time.monotonic() + 30.0
+            while not cmds and time.monotonic() < t_end:
+                _publish_obs(test, pub, 0.1)
+                spin_until(ex, lambda: False, 0.05)
+            assert cmds, "the policy process never sent a skill"
+            spin_until(ex, lambda: False, 0.3)
+            assert dec.last_result is None, "skill ended before the kill"
+            policy.send_signal(signal.SIGKILL)
+            policy.wait(5)
+            assert spin_until(ex, lambda: dec.last_result is not None, 10.0)
+            r = dec.last_result
+            assert r.fault is Fault.HEARTBEAT and not r.success, r
+            assert r.steps_executed < 300
+            assert dec.arm.is_stationary() and dec.arm.stop_calls >= 1
+        finally:
+            stop_process(policy)
+            dec.close()
