@@ -36,8 +36,9 @@ def build_launch_description(mode: str):
             respawn=False,
         )
         actions.append(node)
-        if spec.name == "reward_reset_supervisor":
-            # The supervisor exits after its episodes (num_episodes > 0): end the whole graph with it.
-            actions.append(RegisterEventHandler(OnProcessExit(
-                target_action=node, on_exit=[EmitEvent(event=Shutdown(reason="supervisor finished"))])))
+        # The graph is only useful whole: when the supervisor finishes its episodes, or any node dies
+        # (the decoder after a fault, the policy after a crash), shut everything down instead of
+        # leaving a partial graph running. A person decides what happens next.
+        actions.append(RegisterEventHandler(OnProcessExit(
+            target_action=node, on_exit=[EmitEvent(event=Shutdown(reason=f"{spec.name} exited"))])))
     return LaunchDescription(actions)

@@ -64,11 +64,12 @@ class SkillPolicyNode(Node):
         self.create_subscription(JointState, TOPICS["joint_states"], self._on_joints, 10, callback_group=group)
         self.create_subscription(EpisodeEvent, TOPICS["episode_event"], self._on_event, 10, callback_group=group)
         self.create_timer(1.0 / self.p["heartbeat_hz"], self._heartbeat, callback_group=group)
-        self.create_timer(0.02, self._maybe_act, callback_group=group)
+        self.create_timer(0.1, self._maybe_act, callback_group=group)  # retries when an embedding arrived mid-goal
 
     # -------------------------------------------------------------------------- inputs
     def _on_embedding(self, msg: SkillEmbedding) -> None:
         self.embedding.set(msg)
+        self._maybe_act()  # act on arrival: a polling timer would add up to its period of latency
 
     def _on_joints(self, msg: JointState) -> None:
         self.joints.set(msg)

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Latency of the deployment graph on this machine's CPU, printed as a markdown table.
+
+  frame -> SkillCommand: camera image published -> embedding -> policy -> SkillCommand published
+                         (the goal is sent in the same callback), through real rclpy nodes in one executor
+  baseline:              the encoder alone on one frame, same run (the irreducible part on CPU)
+  decoder step:          one autoregressive decoder step (bundle.rollout)
+  stream jitter:         SkillExecutor + FakeArm at 0.08 s period: deviation of send intervals
+
+    .venv/bin/python benchmarks/latency.py [--models-dir models] [--frames 100]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "ros2_ws/src/extract_skills"))
+
+
+def pct(a, q):
+    return float(np.percentile(np.asarray(a) * 1000.0, q))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--rate-hz", type=float, default=5.0)
+    ns = ap.parse_args()
+    os.environ.setdefault("ROS_DOMAIN_ID", "87")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+    import rclpy
+    from extract_msgs.msg import SkillCommand, SkillEmbedding
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    from extract_skills.core.arm import FakeArm
+    from extract_skills.core.deployment import load_deployment_bundle, load_deployment_encoder
+    from extract_skills.core.safety import SafetyLimits
+    from extract_skills.core.skill_executor import ExecutorConfig, SkillExecutor
+    from extract_skills.graph import TOPICS
+    from extract_skills.nodes.camera_embedding_node import CameraEmbeddingNode
+    from extract_skills.nodes.common import rgb_to_image
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from extract_skills.nodes.skill_policy_node import SkillPolicyNode
+
+    models = ns.models_dir
+    note = ""
+    if not (models / "extract_kitchen.pt").is_file():
+        sys.path.insert(0, str(ROOT / "ros2_ws/src/extract_skills/test"))
+        from support.tiny_models import make_tiny_models
+
+        models = Path(tempfile.mkdtemp())
+        make_tiny_models(models, image_size=224)
+        note = " (no shipped models found: random-init ResNet-18 at 224 px, untrained skill model)"
+    ckpt = models / "extract_kitchen.pt"
+    bundle = load_deployment_bundle(ckpt)
+    encoder = load_deployment_encoder(ckpt, bundle)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(ns.frames, 128, 128, 3), dtype=np.uint8)
+
+    # baseline: encoder alone, one frame at a time
+    encoder.embed_frames(frames[:2], batch_size=1)
+    base = []
+    for f in frames[:30]:
+        t = time.perf_counter()
+        encoder.embed_frames(f[None], batch_size=1)
+        base.append(time.perf_counter() - t)
+
+    # decoder compute per step
+    dec = []
+    z = np.zeros(bundle.meta.latent_dim, np.float32)
+    for d in range(bundle.num_skills):
+        it = bundle.rollout(d, z, max_steps=30, progress_threshold=1.0)
+        while True:
+            t = time.perf_counter()
+            try:
+                next(it)
+            except StopIteration:
+                break
+            dec.append(time.perf_counter() - t)
+
+    # stream jitter: executor pacing at 0.08 s on the fake arm
+    arm = FakeArm()
+    sends = []
+    orig = arm._send
+    arm._send = lambda cmd: (sends.append(time.monotonic()), orig(cmd))[1]
+    ex_core = SkillExecutor(arm, SafetyLimits(), ExecutorConfig(period_s=0.08, max_steps=60))
+    ex_core.run(((np.zeros(8), i / 60) for i in range(60)))
+    jitter = np.abs(np.diff(sends) - 0.08)
+
+    # the graph: camera -> policy -> decoder (fake arm, no pacing)
+    rclpy.init()
+    p = lambda d: [Parameter(k, value=v) for k, v in d.items()]  # noqa: E731
+    cam = CameraEmbeddingNode(parameter_overrides=p({"models_dir": str(models)}))
+    pol = SkillPolicyNode(parameter_overrides=p({"models_dir": str(models), "act_without_episode": True}))
+    decs = SkillDecoderServer(parameter_overrides=p({"models_dir": str(models), "arm": "fake", "control_period_s": 0.0,
+                                                     "max_skill_steps": 3, "max_step_delta": 0.01}))
+    bench = rclpy.create_node("latency_bench")
+    lat_cmd, lat_emb = [], []
+    now_s = lambda: bench.get_clock().now().nanoseconds * 1e-9  # noqa: E731
+    stamp_s = lambda st: st.sec + st.nanosec * 1e-9  # noqa: E731
+    bench.create_subscription(SkillCommand, TOPICS["skill_command"],
+                              lambda m: lat_cmd.append(now_s() - stamp_s(m.header.stamp)), 100)
+    bench.create_subscription(SkillEmbedding, TOPICS["embedding"],
+                              lambda m: lat_emb.append(now_s() - stamp_s(m.header.stamp)), 100)
+    pub = bench.create_publisher(Image, TOPICS["image"], 10)
+    ex = MultiThreadedExecutor(num_threads=4)
+    for n in (cam, pol, decs, bench):
+        ex.add_node(n)
+    t_end = time.monotonic() + 3.0
+    while time.monotonic() < t_end:  # discovery + warm-up
+        ex.spin_once(timeout_sec=0.01)
+    lat_cmd.clear()
+    lat_emb.clear()
+    for f in frames:
+        pub.publish(rgb_to_image(f, bench.get_clock().now().to_msg(), "cam"))
+        t_next = time.monotonic() + 1.0 / ns.rate_hz
+        while time.monotonic() < t_next:
+            ex.spin_once(timeout_sec=0.005)
+    for n in (cam, pol, decs, bench):
+        n.destroy_node()
+    rclpy.shutdown()
+
+    b50 = pct(base, 50)
+    print(f"\n### Latency ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, CPU only{note})\n")
+    print(f"Command: `.venv/bin/python benchmarks/latency.py --frames {ns.frames} --rate-hz {ns.rate_hz}`; "
+          f"encoder {encoder.identity.name} at {encoder.image_size} px.\n")
+    print("| measure | n | p50 ms | p99 ms | p50 / encoder-only p50 |")
+    print("|---|---|---|---|---|")
+    print(f"| encoder alone, 1 frame (baseline) | {len(base)} | {b50:.1f} | {pct(base, 99):.1f} | 1.00 |")
+    print(f"| frame -> embedding published | {len(lat_emb)} | {pct(lat_emb, 50):.1f} | {pct(lat_emb, 99):.1f} | "
+          f"{pct(lat_emb, 50) / b50:.2f} |")
+    print(f"| frame -> SkillCommand + goal sent | {len(lat_cmd)} | {pct(lat_cmd, 50):.1f} | {pct(lat_cmd, 99):.1f} | "
+          f"{pct(lat_cmd, 50) / b50:.2f} |")
+    print(f"| decoder step (compute) | {len(dec)} | {pct(dec, 50):.2f} | {pct(dec, 99):.2f} | {pct(dec, 50) / b50:.3f} |")
+    print(f"| stream jitter \\|interval - 80 ms\\| | {len(jitter)} | {pct(jitter, 50):.2f} | {pct(jitter, 99):.2f} | - |")
+    print(f"\nSkillCommands: {len(lat_cmd)} of {ns.frames} frames (one goal at a time; frames arriving mid-goal "
+          f"are not acted on). Target p99 < 50 ms.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The simulated kitchen: real MuJoCo physics, offscreen rendering, scripted demos, KitchenArm."""
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium_robotics")
+pytest.importorskip("mujoco")
+
+from extract_skills.core.arm import ArmState  # noqa: E402
+from extract_skills.core.dataset import SUBTASK_NAMES, read_episode, write_episode  # noqa: E402
+from extract_skills.core.kitchen import KitchenArm, KitchenConfig, KitchenSim  # noqa: E402
+from extract_skills.core.scripted_demos import (  # noqa: E402
+    REST_Q,
+    DemoConfig,
+    ScriptedDemo,
+    heldout_task_sequences,
+    is_heldout,
+    sample_task_sequence,
+)
+
+JOINT_ATOL = 0.05  # rad, position-actuator tracking error under gravity is ~0.03 rad
+IMAGE = 32  # px, small images keep the test fast
+
+
+@pytest.fixture(scope="module")
+def sim():
+    s = KitchenSim(KitchenConfig(image_size=IMAGE))
+    yield s
+    s.close()
+
+
+def env_own_completions(sim: KitchenSim) -> set:
+    """Completed subtasks according to gymnasium-robotics' own reward code (not ours)."""
+    u = sim.unwrapped
+    obs = u._get_obs(u.robot_env._get_obs())
+    goal = {name: g for name, g in u.goal.items()}
+    u.compute_reward(obs["achieved_goal"], goal, {})
+    return set(u.step_task_completions)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        KitchenConfig(image_size=4)
+    with pytest.raises(ValueError):
+        KitchenConfig(camera="nope")
+    with pytest.raises(ValueError):
+        DemoConfig(min_subtasks=3, max_subtasks=2)
+
+
+def test_dt_and_reset_observation(sim):
+    assert sim.dt == pytest.approx(0.08)
+    q0 = REST_Q + np.array([0.05, 0.15, 0.05, 0.05, 0.05, 0.05, 0.05])
+    obs = sim.reset(seed=0, arm_qpos=q0)
+    assert obs.image.shape == (IMAGE, IMAGE, 3) and obs.image.dtype == np.uint8
+    assert obs.image.std() > 5, "the rendered image should show a scene, not a flat colour"
+    np.testing.assert_allclose(obs.qpos[:7], q0, atol=1e-9)
+    assert not obs.subtasks_done.any()
+    with pytest.raises(ValueError):
+        sim.reset(task_sequence=["dishwasher"])
+
+
+def test_kitchen_arm_reaches_joint_target(sim):
+    sim.reset(seed=1)
+    arm = KitchenArm(sim)
+    arm.connect()
+    target = REST_Q + np.array([0.3, 0.1, -0.2, 0.2, 0.0, -0.2, 0.4])
+    for _ in range(30):
+        res = arm.step_to(target, 0.0)
+        assert np.all(np.abs(res.action) <= 1.0)
+    arm.stop()
+    state = arm.read_state()
+    assert isinstance(state, ArmState) and arm.read_state().stamp >= state.stamp
+    np.testing.assert_allclose(state.q, target, atol=JOINT_ATOL)
+    assert state.gripper < 0.1
+    assert arm.is_stationary()
+    # A far target saturates the action: one step moves at most 2 rad/s * 0.08 s.
+    q0 = arm.read_state().q
+    res = arm.step_to(q0 + 1.0, 1.0)
+    assert np.max(np.abs(res.action)) == pytest.approx(1.0)
+    assert np.max(np.abs(arm.read_state().q - q0)) < 0.2
+    with pytest.raises(ValueError):
+        arm.step_to(np.full(7, np.nan), 0.5)
+
+
+@pytest.mark.parametrize("seq, seed", [(("light switch", "slide cabinet"), 3), (("slide cabinet", "light switch"), 4)])
+def test_scripted_episode_through_physics(sim, tmp_path, seq, seed):
+    demo = ScriptedDemo(sim, DemoConfig(subtask_step_budget=120))
+    ep, results = demo.run_episode(seq, seed=seed)
+    n = ep.num_steps
+    assert n > 20
+    assert ep.images.shape == (n + 1, IMAGE, IMAGE, 3)
+    assert ep.qpos.shape == ep.qvel.shape == (n + 1, 9)
+    assert ep.subtasks_done.shape == (n + 1, 7) and ep.stamps.shape == (n + 1,)
+    assert ep.env_actions.shape == (n, 9)
+    np.testing.assert_allclose(np.diff(ep.stamps), sim.dt, atol=1e-9)
+    # The recorded final state is the physics' state now.
+    np.testing.assert_allclose(ep.qpos[-1], sim.data.qpos[:9])
+    # Flags agree with gymnasium-robotics' own completion check on the final physics state.
+    ours = {name for name, f in zip(SUBTASK_NAMES, ep.subtasks_done[-1]) if f}
+    assert ours == env_own_completions(sim)
+    # These two subtasks are reliable: both must be done and stay done.
+    assert results == {name: True for name in seq}
+    assert set(seq) <= ours
+    # Flags turn on during the episode, not at the start; subtasks not attempted never turn on.
+    assert not ep.subtasks_done[0].any()
+    others = [i for i, name in enumerate(SUBTASK_NAMES) if name not in seq]
+    assert not ep.subtasks_done[:, others].any()
+    # Skill actions integrate back to the joint trajectory; the file round-trips.
+    acts = ep.skill_actions()
+    np.testing.assert_allclose(ep.qpos[0, :7] + acts[:, :7].sum(0), ep.qpos[-1, :7], atol=1e-4)
+    back = read_episode(write_episode(tmp_path, 0, ep))
+    np.testing.assert_array_equal(back.subtasks_done, ep.subtasks_done)
+    assert back.meta["task_sequence"] == list(seq) and back.meta["success"]
+
+
+def test_reward_counts_new_completions_of_the_task_only(sim):
+    demo = ScriptedDemo(sim)
+    sim.reset(seed=5, task_sequence=["slide cabinet"])
+    demo.ik.reset()
+    rewards = []
+    orig = sim.step
+
+    def spy(action):
+        res = orig(action)
+        rewards.append(res.reward)
+        return res
+
+    sim.step = spy
+    try:
+        demo.run_subtask("light switch", np.random.default_rng(0))  # not in the task sequence
+        assert sum(rewards) == 0
+        demo.run_subtask("slide cabinet", np.random.default_rng(0))
+    finally:
+        del sim.step
+    assert sum(rewards) == 1 and sim.episode_completions == ["slide cabinet"]
+
+
+def test_heldout_sequences_never_sampled():
+    cfg = DemoConfig()
+    held = heldout_task_sequences(3)
+    assert len(held) == 3 and len(set(held)) == 3
+    assert ("microwave", "kettle", "light switch", "slide cabinet") in held
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        seq = sample_task_sequence(rng, cfg, held)
+        assert 2 <= len(seq) <= 4 and len(set(seq)) == len(seq)
+        assert not is_heldout(seq, held)
+    assert is_heldout(held[0], held)
