@@ -69,7 +69,7 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
                   (("camera_embedding", "models_dir"), ("skill_policy", "models_dir"), ("skill_decoder", "models_dir"))),
         LaunchArg("num_episodes", "3", "Episodes to run before the supervisor ends the run (0 = forever)",
                   (("reward_reset_supervisor", "num_episodes"),)),
-        LaunchArg("task", "", "Comma-separated kitchen subtasks of the evaluation task (empty = first held-out task)",
+        LaunchArg("task", "", "Comma-separated kitchen subtasks of the evaluation task (default: the first held-out task in config/sim.yaml)",
                   (("kitchen_sim", "task"), ("reward_reset_supervisor", "task"))),
         LaunchArg("seed", "0", "Random seed of the sim and the policy",
                   (("kitchen_sim", "seed"), ("skill_policy", "seed"))),

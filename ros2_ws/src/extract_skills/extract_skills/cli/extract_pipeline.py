@@ -1,0 +1,463 @@
+"""Offline EXTRACT: ``extract {embed,cluster,segment,train,all,train-encoder}``.
+
+Stages (each resumable: skipped when its artifact exists and the hash of its inputs matches; ``--force``
+re-runs):
+
+- ``embed``: frames -> encoder embeddings (plus proprio, skill actions, subtask flags, a few thumbnails)
+  into ``<run>/embeddings.npz``;
+- ``cluster``: MiniBatchKMeans over difference embeddings -> ``<run>/clusters.npz``, ``pca_clusters.png``;
+- ``segment``: median filter + segmentation -> ``<run>/segments.json``, ``segmentation_timeline.png``,
+  ``cluster_vs_subtask.md``;
+- ``train``: skill VAE + priors -> the single checkpoint (``--out``), TensorBoard scalars under
+  ``<run>/tb``, ``training_curves.png``;
+- ``train-encoder``: the project-default encoder, an R3M-style time-contrastive fine-tune of ResNet-18,
+  written in R3M's checkpoint format to ``--encoder-weights``.
+
+Example::
+
+    extract train-encoder --dataset data/kitchen_demos
+    extract all --dataset data/kitchen_demos --run-dir runs/extract --out models/extract_kitchen.pt
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+LOG = logging.getLogger("extract")
+STAGES = ("embed", "cluster", "segment", "train")
+NUM_THUMBNAIL_EPISODES = 3  # episodes whose frames are kept (downscaled) for the timeline picture
+THUMB_PX = 64
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="extract", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("stage", choices=(*STAGES, "all", "train-encoder"), help="stage to run")
+    p.add_argument("--dataset", type=Path, required=True, help="dataset directory (episode_XXXXXX.npz)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/extract"), help="artifacts, pictures, logs")
+    p.add_argument("--out", type=Path, default=Path("models/extract_kitchen.pt"), help="skill checkpoint")
+    p.add_argument("--force", action="store_true", help="re-run stages even if their artifacts are current")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: torch default). 1 by default: on a 2-core machine shared with "
+                        "other jobs, 2 OpenMP threads ran 3-30x slower than 1 (see benchmarks/RESULTS_offline.md)")
+    g = p.add_argument_group("encoder")
+    g.add_argument("--encoder", default="r3m_resnet18", help="encoder registry name")
+    g.add_argument("--encoder-weights", type=Path, default=None,
+                   help="R3M-format weights file (default models/encoders/<encoder>.pt)")
+    g.add_argument("--embed-batch-size", type=int, default=64, help="frames per forward pass")
+    g.add_argument("--tcn-steps", type=int, default=300, help="train-encoder: optimiser steps")
+    g.add_argument("--tcn-image-size", type=int, default=112, help="train-encoder: input side, px")
+    g.add_argument("--tcn-batch-episodes", type=int, default=8, help="train-encoder: triples per step")
+    g = p.add_argument_group("skill extraction")
+    g.add_argument("--num-skills", type=int, default=8, help="K of K-means")
+    g.add_argument("--median-kernel", type=int, default=7, help="label median filter, steps (odd)")
+    g.add_argument("--min-segment-len", type=int, default=5, help="steps")
+    g.add_argument("--max-segment-len", type=int, default=30, help="steps")
+    g = p.add_argument_group("skill learning")
+    g.add_argument("--train-steps", type=int, default=2000)
+    g.add_argument("--batch-size", type=int, default=128, help="segments per step")
+    g.add_argument("--latent-dim", type=int, default=5)
+    g.add_argument("--hidden-dim", type=int, default=128)
+    g.add_argument("--beta", type=float, default=1e-3)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--progress-threshold", type=float, default=0.9)
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage bookkeeping
+# --------------------------------------------------------------------------------------------------
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dataset_fingerprint(dataset: Path) -> str:
+    """Names, sizes and mtimes of the episode files plus dataset.json's content (make-like staleness)."""
+    from extract_skills.core.dataset import episode_files
+    files = episode_files(dataset)
+    if not files:
+        raise SystemExit(f"no episode_XXXXXX.npz files in {dataset}")
+    info = dataset / "dataset.json"
+    return _hash([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+                 info.read_text() if info.is_file() else "")
+
+
+def _stamp_path(run: Path, stage: str) -> Path:
+    return run / f"{stage}.stamp.json"
+
+
+def _read_stamp(run: Path, stage: str) -> str | None:
+    p = _stamp_path(run, stage)
+    return json.loads(p.read_text())["inputs_hash"] if p.is_file() else None
+
+
+def _write_stamp(run: Path, stage: str, inputs_hash: str, seconds: float) -> None:
+    tmp = _stamp_path(run, stage).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"stage": stage, "inputs_hash": inputs_hash, "seconds": round(seconds, 2),
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    os.replace(tmp, _stamp_path(run, stage))
+
+
+def _run_stage(name: str, args: argparse.Namespace, inputs_hash: str, artifact: Path,
+               fn: Callable[[], None]) -> str:
+    """Run ``fn`` unless ``artifact`` exists with a stamp for the same inputs; returns the stage hash."""
+    if not args.force and artifact.exists() and _read_stamp(args.run_dir, name) == inputs_hash:
+        print(f"[{name}] up to date ({artifact}), skipping")
+        return inputs_hash
+    print(f"[{name}] running")
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    _write_stamp(args.run_dir, name, inputs_hash, dt)
+    print(f"[{name}] done in {dt:.1f} s")
+    return inputs_hash
+
+
+def _savez_atomic(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _weights_path(args: argparse.Namespace) -> Path:
+    from extract_skills.core.encoders import default_weights_path
+    return args.encoder_weights or default_weights_path(args.encoder)
+
+
+def _extraction_config(args: argparse.Namespace):
+    from extract_skills.core.skill_extraction import ExtractionConfig
+    return ExtractionConfig(num_skills=args.num_skills, median_kernel=args.median_kernel,
+                            min_segment_len=args.min_segment_len, max_segment_len=args.max_segment_len,
+                            seed=args.seed)
+
+
+def _load_embeddings(run: Path) -> dict[str, Any]:
+    with np.load(run / "embeddings.npz") as z:
+        n = int(z["num_episodes"])
+        out: dict[str, Any] = {"episode_ids": z["episode_ids"].tolist(), "image_size": int(z["image_size"])}
+        for key in ("emb", "proprio", "actions", "subtasks"):
+            out[key] = [z[f"{key}_{i}"] for i in range(n)]
+        out["thumbs"] = [z[f"thumbs_{i}"] for i in range(min(n, NUM_THUMBNAIL_EPISODES))]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------
+def stage_embed(args: argparse.Namespace) -> str:
+    from tqdm import tqdm
+
+    from extract_skills.core.dataset import episode_files, read_episode
+    from extract_skills.core.encoders import file_sha256, load_encoder
+    weights = _weights_path(args)
+    enc = load_encoder(args.encoder, weights)  # fails early, naming the expected path
+    h = _hash("embed", dataset_fingerprint(args.dataset), enc.identity.name, file_sha256(weights))
+    out = args.run_dir / "embeddings.npz"
+
+    def run() -> None:
+        import torch
+        files = episode_files(args.dataset)
+        arrays: dict[str, np.ndarray] = {}
+        ids = []
+        with tqdm(desc="embed frames", unit="frame") as bar:
+            for i, path in enumerate(files):
+                ep = read_episode(path)
+                ids.append(int(path.stem.split("_")[1]))
+                arrays[f"emb_{i}"] = enc.embed_frames(ep.images, args.embed_batch_size, progress=bar.update)
+                arrays[f"proprio_{i}"] = ep.proprio()
+                arrays[f"actions_{i}"] = ep.skill_actions()
+                arrays[f"subtasks_{i}"] = ep.subtasks_done
+                if i < NUM_THUMBNAIL_EPISODES:
+                    t = torch.from_numpy(ep.images).permute(0, 3, 1, 2).float()
+                    t = torch.nn.functional.interpolate(t, size=(THUMB_PX, THUMB_PX), mode="bilinear",
+                                                        antialias=True)
+                    arrays[f"thumbs_{i}"] = t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+        _savez_atomic(out, num_episodes=np.array(len(files)), episode_ids=np.array(ids),
+                      image_size=np.array(enc.image_size), encoder_name=np.array(enc.identity.name),
+                      encoder_sha256=np.array(enc.identity.sha256), **arrays)
+
+    return _run_stage("embed", args, h, out, run)
+
+
+def stage_cluster(args: argparse.Namespace, embed_hash: str) -> str:
+    from extract_skills.core.skill_extraction import assign_labels, fit_kmeans, step_features
+    cfg = _extraction_config(args)
+    h = _hash("cluster", embed_hash, cfg.num_skills, cfg.kmeans_batch_size, cfg.kmeans_n_init, cfg.seed)
+    out = args.run_dir / "clusters.npz"
+
+    def run() -> None:
+        data = _load_embeddings(args.run_dir)
+        feats = [step_features(e) for e in data["emb"]]
+        allf = np.concatenate(feats)
+        centres = fit_kmeans(allf, cfg)
+        labels = [assign_labels(f, centres) for f in feats]
+        _savez_atomic(out, centres=centres, num_episodes=np.array(len(labels)),
+                      **{f"labels_{i}": lab for i, lab in enumerate(labels)})
+        plot_pca(allf, np.concatenate(labels), centres, args.run_dir / "pca_clusters.png", args.seed)
+
+    return _run_stage("cluster", args, h, out, run)
+
+
+def stage_segment(args: argparse.Namespace, cluster_hash: str) -> str:
+    from extract_skills.core.skill_extraction import segment_episodes
+    cfg = _extraction_config(args)
+    h = _hash("segment", cluster_hash, cfg.median_kernel, cfg.min_segment_len, cfg.max_segment_len)
+    out = args.run_dir / "segments.json"
+
+    def run() -> None:
+        data = _load_embeddings(args.run_dir)
+        with np.load(args.run_dir / "clusters.npz") as z:
+            raw = [z[f"labels_{i}"] for i in range(int(z["num_episodes"]))]
+        smoothed, segments = segment_episodes(raw, cfg, episode_ids=range(len(raw)))
+        lengths = np.array([s.length for s in segments])
+        doc = {"episode_ids": data["episode_ids"], "config": asdict(cfg),
+               "segments": [asdict(s) for s in segments],
+               "smoothed_labels": [s.tolist() for s in smoothed]}
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, out)
+        print(f"[segment] {len(segments)} segments, length mean {lengths.mean():.1f} "
+              f"min {lengths.min()} max {lengths.max()}; per skill: "
+              f"{np.bincount([s.label for s in segments], minlength=cfg.num_skills).tolist()}")
+        table = cluster_subtask_table(smoothed, data["subtasks"], cfg.num_skills)
+        (args.run_dir / "cluster_vs_subtask.md").write_text(table)
+        print(table)
+        plot_timeline(smoothed, segments, data["thumbs"], cfg.num_skills,
+                      args.run_dir / "segmentation_timeline.png")
+
+    return _run_stage("segment", args, h, out, run)
+
+
+def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
+    from extract_skills.core.checkpoint import PROPRIO_DIM
+    from extract_skills.core.encoders import embedding_dim
+    from extract_skills.core.skill_model import SkillModelConfig
+    mcfg = SkillModelConfig(num_skills=args.num_skills, obs_dim=embedding_dim(args.encoder) + PROPRIO_DIM,
+                            latent_dim=args.latent_dim,
+                            hidden_dim=args.hidden_dim, beta=args.beta, lr=args.lr,
+                            max_segment_len=args.max_segment_len, progress_threshold=args.progress_threshold,
+                            batch_size=args.batch_size, train_steps=args.train_steps, seed=args.seed)
+    h = _hash("train", segment_hash, asdict(mcfg), str(args.out.resolve()))
+
+    def run() -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        from extract_skills.core.checkpoint import save_skill_bundle
+        from extract_skills.core.skill_model import SkillTrainingData, compute_action_bounds, train_skill_model
+        data = _load_embeddings(args.run_dir)
+        doc = json.loads((args.run_dir / "segments.json").read_text())
+        with np.load(args.run_dir / "embeddings.npz") as z:
+            enc_name, enc_sha = str(z["encoder_name"]), str(z["encoder_sha256"])
+        with np.load(args.run_dir / "clusters.npz") as z:
+            centres = z["centres"]
+        all_emb = np.concatenate(data["emb"])
+        obs_mean = all_emb.mean(0)
+        obs_std = np.maximum(all_emb.std(0), 1e-3)  # floor: constant (dead) feature dims stay finite
+        segs = doc["segments"]
+        actions = [data["actions"][s["episode"]][s["start"]:s["end"]] for s in segs]
+        obs = np.stack([np.concatenate([(data["emb"][s["episode"]][s["start"]] - obs_mean) / obs_std,
+                                        data["proprio"][s["episode"]][s["start"]]]) for s in segs])
+        labels = np.array([s["label"] for s in segs])
+        low, high = compute_action_bounds(np.concatenate(data["actions"]))
+        if obs.shape[1] != mcfg.obs_dim:
+            raise SystemExit(f"embeddings have {obs.shape[1] - PROPRIO_DIM} dims, encoder {args.encoder} "
+                             f"gives {mcfg.obs_dim - PROPRIO_DIM}; re-run embed")
+        cfg = mcfg
+        writer = SummaryWriter(str(args.run_dir / "tb"))
+        bar = tqdm(total=cfg.train_steps, desc="train skills", unit="step")
+
+        def log(step: int, scalars: dict[str, float]) -> None:
+            bar.update(1)
+            if step % 10 == 0 or step == cfg.train_steps - 1:
+                bar.set_postfix(loss=f"{scalars['total']:.3f}")
+                for k, v in scalars.items():
+                    writer.add_scalar(f"skill_model/{k}", v, step)
+
+        model, history = train_skill_model(SkillTrainingData(actions, labels, obs.astype(np.float32)), cfg,
+                                           low, high, callback=log)
+        bar.close()
+        writer.close()
+        save_skill_bundle(args.out, model, encoder_name=enc_name, encoder_sha256=enc_sha, centres=centres,
+                          obs_mean=obs_mean, obs_std=obs_std, action_low=low, action_high=high,
+                          config={"extraction": doc["config"], "dataset": str(args.dataset),
+                                  "encoder_image_size": data["image_size"], "num_segments": len(segs)})
+        plot_curves(history, args.run_dir / "training_curves.png")
+        print(f"[train] final losses: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
+        print(f"[train] wrote {args.out}")
+
+    return _run_stage("train", args, h, args.out, run)
+
+
+def stage_train_encoder(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from extract_skills.core.dataset import iter_dataset
+    from extract_skills.core.encoders import TCNConfig, train_tcn_encoder
+    cfg = TCNConfig(name=args.encoder, image_size=args.tcn_image_size, steps=args.tcn_steps,
+                    batch_episodes=args.tcn_batch_episodes, seed=args.seed)
+    frames = [ep.images for _, ep in iter_dataset(args.dataset)]
+    if len(frames) < 2:
+        raise SystemExit(f"train-encoder needs >= 2 episodes in {args.dataset}")
+    out = _weights_path(args)
+    with tqdm(total=cfg.steps, desc="TCN fine-tune", unit="step") as bar:
+        def progress(step: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        path, losses = train_tcn_encoder(frames, cfg, out, progress=progress)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    plot_curves({"tcn_loss": losses}, args.run_dir / "encoder_training_curve.png")
+    print(f"[train-encoder] wrote {path} (loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports and pictures
+# --------------------------------------------------------------------------------------------------
+def next_subtask_per_step(subtasks_done: np.ndarray) -> np.ndarray:
+    """(N,) index of the subtask completed next after action step t (-1 when none is left)."""
+    done = np.asarray(subtasks_done, bool)
+    n = done.shape[0] - 1
+    newly = done[1:] & ~done[:-1]  # (N, S): completed by action t
+    out = np.full(n, -1, np.int64)
+    nxt = -1
+    for t in range(n - 1, -1, -1):
+        hits = np.flatnonzero(newly[t])
+        if hits.size:
+            nxt = int(hits[0])
+        out[t] = nxt
+    return out
+
+
+def cluster_subtask_table(labels: list[np.ndarray], subtasks: list[np.ndarray], num_skills: int) -> str:
+    """Markdown table: rows = skill clusters, columns = the subtask being completed next (step counts)."""
+    from extract_skills.core.dataset import SUBTASK_NAMES
+    names = list(SUBTASK_NAMES) + ["(none)"]
+    counts = np.zeros((num_skills, len(names)), np.int64)
+    for lab, sub in zip(labels, subtasks):
+        nxt = next_subtask_per_step(sub)
+        np.add.at(counts, (lab, nxt), 1)  # -1 indexes the "(none)" column
+    lines = ["| skill | " + " | ".join(names) + " | total |", "|---" * (len(names) + 2) + "|"]
+    for k in range(num_skills):
+        lines.append(f"| {k} | " + " | ".join(str(c) for c in counts[k]) + f" | {counts[k].sum()} |")
+    purity = counts.max(1).sum() / max(counts.sum(), 1)
+    return ("Cluster vs next subtask (steps)\n\n" + "\n".join(lines)
+            + f"\n\npurity (share of steps in their cluster's majority subtask): {purity:.3f}\n")
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_pca(features: np.ndarray, labels: np.ndarray, centres: np.ndarray, path: Path, seed: int) -> None:
+    from sklearn.decomposition import PCA
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(features), size=min(len(features), 20000), replace=False)
+    pca = PCA(n_components=2, random_state=seed).fit(features[idx])
+    xy, c = pca.transform(features[idx]), pca.transform(centres)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels[idx], cmap="tab10", s=3, alpha=0.6)
+    ax.scatter(c[:, 0], c[:, 1], c="k", marker="x", s=60, label="centres")
+    ax.set_title("Difference embeddings E(s_t) - E(s_0), PCA")
+    ax.legend(*sc.legend_elements(), title="skill", fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_timeline(smoothed: list[np.ndarray], segments: list, thumbs: list[np.ndarray], num_skills: int,
+                  path: Path) -> None:
+    """Per episode: a coloured label strip and, underneath, the first frame of every segment."""
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    n_eps = len(thumbs)
+    fig, axes = plt.subplots(2 * n_eps, 1, figsize=(12, 2.6 * n_eps), squeeze=False)
+    for e in range(n_eps):
+        segs = [s for s in segments if s.episode == e]
+        ax = axes[2 * e, 0]
+        ax.imshow(smoothed[e][None], aspect="auto", cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+        for s in segs:
+            ax.axvline(s.start - 0.5, color="k", lw=0.8)
+        ax.set_yticks([])
+        ax.set_title(f"episode {e}: {len(segs)} segments (colour = skill)", fontsize=9)
+        ax = axes[2 * e + 1, 0]
+        if not segs:
+            ax.axis("off")
+            continue
+        strip = np.concatenate([thumbs[e][s.start] for s in segs], axis=1)
+        ax.imshow(strip)
+        for j, s in enumerate(segs):
+            ax.add_patch(plt.Rectangle((j * THUMB_PX, 0), THUMB_PX - 1, 6, color=cmap(s.label % 10)))
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_curves(history: dict[str, list[float]], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(history), figsize=(3.2 * len(history), 2.8), squeeze=False)
+    for ax, (k, v) in zip(axes[0], history.items()):
+        ax.plot(v, lw=0.8)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step")
+        if min(v) > 0:
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads > 0:
+        import torch
+        torch.set_num_threads(args.threads)
+    if not args.dataset.is_dir():
+        print(f"dataset directory not found: {args.dataset}", file=sys.stderr)
+        return 2
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    if args.stage == "train-encoder":
+        stage_train_encoder(args)
+        return 0
+    from extract_skills.core.encoders import EncoderWeightsMissingError
+    wanted = STAGES if args.stage == "all" else STAGES[:STAGES.index(args.stage) + 1]
+    # earlier stages are always checked (and skipped when current) so a later stage never uses stale inputs
+    try:
+        h = stage_embed(args)
+    except EncoderWeightsMissingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "cluster" in wanted:
+        h = stage_cluster(args, h)
+    if "segment" in wanted:
+        h = stage_segment(args, h)
+    if "train" in wanted:
+        stage_train(args, h)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
