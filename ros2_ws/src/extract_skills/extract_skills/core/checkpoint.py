@@ -10,8 +10,6 @@ and the state dicts of skill encoder, skill decoder, skill prior and argument pr
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -19,6 +17,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from .atomic_io import atomic_torch_save
 from .skill_model import SkillModel, SkillModelConfig, denormalise_actions
 
 LOG = logging.getLogger(__name__)
@@ -167,19 +166,7 @@ def save_skill_bundle(path: Path | str, model: SkillModel, *, encoder_name: str,
         **{name: {k: v.detach().cpu().clone() for k, v in getattr(model, name).state_dict().items()}
            for name in NETWORKS},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    path = atomic_torch_save(blob, path)
     LOG.info("saved skill bundle %s (K=%d, encoder %s)", path, cfg.num_skills, encoder_name)
     return path
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +23,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from .atomic_io import atomic_torch_save
 
 LOG = logging.getLogger(__name__)
 
@@ -192,18 +192,7 @@ def save_r3m_checkpoint(trunk: nn.Module, path: Path | str, image_size: int | No
         blob["image_size"] = int(image_size)
     if extra:
         blob.update(extra)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_torch_save(blob, path)
 
 
 # --------------------------------------------------------------------------------------------------

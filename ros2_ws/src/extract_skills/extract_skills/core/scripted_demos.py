@@ -36,22 +36,20 @@ import numpy as np
 
 from extract_skills.core.dataset import SUBTASK_NAMES, EpisodeData
 from extract_skills.core.kitchen import KitchenArm, KitchenObs, KitchenSim, StepResult
+from extract_skills.core.safety import SafetyLimits
 
 LOG = logging.getLogger(__name__)
 
 EE_SITE = "end_effector"
-#: Rest posture (the kitchen's own initial arm posture), rad.
-REST_Q = np.array([0.148, -1.768, 1.844, -2.477, 0.260, 0.713, 1.595])
+#: Rest posture, rad: the kitchen's own initial posture with joint 2 moved inside the real Panda's
+#: limit (the kitchen model allows -1.768; a Panda stops at -1.7628).
+REST_Q = np.array([0.148, -1.69, 1.844, -2.477, 0.260, 0.713, 1.595])
+#: Demonstrations stay this far inside the real Panda's joint limits, a little more than the
+#: deployment safety margin (config/sim.yaml joint_margin), so skills learnt from them never need clamping.
+DEMO_JOINT_MARGIN = 0.06  # rad
+PANDA = SafetyLimits(robot="panda", joint_margin=DEMO_JOINT_MARGIN, max_step_delta=0.16)
 #: Subtasks the scripted controllers know how to do (others are never put into sequences).
-SCRIPTED_SUBTASKS: tuple[str, ...] = (
-    "microwave",
-    "kettle",
-    "light switch",
-    "slide cabinet",
-    "hinge cabinet",
-    "bottom burner",
-    "top burner",
-)
+SCRIPTED_SUBTASKS: tuple[str, ...] = SUBTASK_NAMES
 
 
 @dataclass(frozen=True)
@@ -198,7 +196,8 @@ class IKController:
         # kept within MAX_LEAD rad of the measured posture so pushing on a blocked object stays gentle.
         base = q if self.q_cmd is None else self.q_cmd
         q_cmd = np.clip(base + dq, q - self.MAX_LEAD, q + self.MAX_LEAD)
-        lo, hi = self.model.jnt_range[:7, 0] + 0.02, self.model.jnt_range[:7, 1] - 0.02
+        lo = np.maximum(self.model.jnt_range[:7, 0] + 0.02, PANDA.q_low)
+        hi = np.minimum(self.model.jnt_range[:7, 1] - 0.02, PANDA.q_high)
         self.q_cmd = np.clip(q_cmd, lo, hi)
         return self.q_cmd.copy(), dist, ang
 
@@ -441,7 +440,7 @@ class ScriptedDemo:
         p, _ = self.ik.ee_pose()
         g = float(self.arm.read_state().gripper > 0.5)
         self.goto(Waypoint(p + [0.0, -0.1, 0.03], self.ik.ee_pose()[1], g, tol=0.03, max_steps=10), budget)
-        home = REST_Q + rng.uniform(-1, 1, 7) * self.config.start_noise * 0.5
+        home = np.clip(REST_Q + rng.uniform(-1, 1, 7) * self.config.start_noise * 0.5, PANDA.q_low, PANDA.q_high)
         for _ in range(self.config.home_steps):
             q = self.sim.data.qpos[:7]
             if np.max(np.abs(home - q)) < 0.05:
@@ -471,7 +470,7 @@ class ScriptedDemo:
     def run_episode(self, task_sequence: Sequence[str], seed: int) -> tuple[EpisodeData, dict[str, bool]]:
         """Reset with a perturbed start posture and run the subtasks in order."""
         rng = np.random.default_rng(seed)
-        q0 = REST_Q + rng.uniform(-1, 1, 7) * self.config.start_noise
+        q0 = np.clip(REST_Q + rng.uniform(-1, 1, 7) * self.config.start_noise, PANDA.q_low, PANDA.q_high)
         obs = self.sim.reset(seed=seed, task_sequence=task_sequence, arm_qpos=q0)
         self.ik.reset()
         self.rec = EpisodeRecorder()
