@@ -21,6 +21,7 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are read by other users (containers)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

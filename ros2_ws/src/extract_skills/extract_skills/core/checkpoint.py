@@ -22,7 +22,7 @@ from .skill_model import SkillModel, SkillModelConfig, denormalise_actions
 
 LOG = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the skill decoder takes elapsed time as an input
 CODE_VERSION = "0.1.0"
 PROPRIO_DIM = 8
 ACTION_DIM = 8

@@ -112,9 +112,13 @@ class SkillDecoder(nn.Module):
     def __init__(self, cfg: SkillModelConfig) -> None:
         super().__init__()
         self.k, self.a_dim, self.h = cfg.num_skills, cfg.action_dim, cfg.hidden_dim
+        self.max_len = cfg.max_segment_len
         cond = cfg.latent_dim + cfg.num_skills
         self.init = nn.Linear(cond, 2 * cfg.hidden_dim)
-        self.lstm = nn.LSTM(cond + cfg.action_dim, cfg.hidden_dim, batch_first=True)
+        # +1 input: elapsed time t / max_segment_len. Without it the progress head had to infer the
+        # phase from its own (free-running) actions and, on the kitchen data, never reached the stop
+        # threshold; with it, progress is a function of time and (z, d), i.e. of the skill's length.
+        self.lstm = nn.LSTM(cond + cfg.action_dim + 1, cfg.hidden_dim, batch_first=True)
         self.action_head = nn.Linear(cfg.hidden_dim, cfg.action_dim)
         self.progress_head = nn.Linear(cfg.hidden_dim, 1)
 
@@ -130,7 +134,8 @@ class SkillDecoder(nn.Module):
         """Teacher-forced pass; ``prev_actions`` (B, L, A) is the shifted target (zeros at t = 0)."""
         cond = self._cond(z, d)
         B, L, _ = prev_actions.shape
-        x = torch.cat([cond[:, None].expand(B, L, cond.shape[-1]), prev_actions], -1)
+        t = (torch.arange(L, dtype=prev_actions.dtype) / self.max_len).view(1, L, 1).expand(B, L, 1)
+        x = torch.cat([cond[:, None].expand(B, L, cond.shape[-1]), prev_actions, t], -1)
         out, _ = self.lstm(x, self.initial_state(cond))
         return torch.tanh(self.action_head(out)), self.progress_head(out).squeeze(-1)
 
@@ -141,8 +146,9 @@ class SkillDecoder(nn.Module):
         cond = self._cond(z.reshape(1, -1).float(), torch.tensor([d]))
         state = self.initial_state(cond)
         prev = torch.zeros(1, 1, self.a_dim)
-        for _ in range(max_steps):
-            out, state = self.lstm(torch.cat([cond[:, None], prev], -1), state)
+        for step in range(max_steps):
+            t = torch.full((1, 1, 1), step / self.max_len)
+            out, state = self.lstm(torch.cat([cond[:, None], prev, t], -1), state)
             action = torch.tanh(self.action_head(out))
             progress = float(torch.sigmoid(self.progress_head(out)).item())
             yield action[0, 0], progress
