@@ -199,11 +199,25 @@ def test_workspace_inside_is_untouched():
     np.testing.assert_allclose(cmd.q, target)
 
 
-def test_current_pose_outside_box_is_refused():
+def test_current_pose_outside_box_holds_or_recovers():
+    """Outside the box (overshoot): holding still is always allowed, moving further out never is,
+    and a step that brings the arm back toward the box is let through."""
+    from extract_skills.core.safety import _box_violation
+
     lim = SafetyLimits(workspace_min=(-0.85, -0.85, 0.6), workspace_max=(0.85, 0.85, 1.2))
     assert not lim.in_workspace(HOME)
-    with pytest.raises(UnsafeCommandError, match="outside the workspace box"):
-        check_command(HOME, HOME + 0.01, 0.5, lim)
+    hold = check_command(HOME, HOME, 0.5, lim)
+    assert np.allclose(hold.q, HOME) and any(r.startswith("workspace:hold") for r in hold.reasons)
+    worse = HOME.copy()
+    worse[3] -= 0.04  # fold the elbow: the hand goes lower, further below the box
+    assert _box_violation(worse, lim) > _box_violation(HOME, lim)
+    out = check_command(HOME, worse, 0.5, lim)
+    assert np.allclose(out.q, HOME) and "workspace:hold" in out.reasons
+    better = HOME.copy()
+    better[3] += 0.04  # unfold: the hand rises toward the box
+    assert _box_violation(better, lim) < _box_violation(HOME, lim)
+    rec = check_command(HOME, better, 0.5, lim)
+    assert np.allclose(rec.q, better) and "workspace:recovering" in rec.reasons
 
 
 # ---------------------------------------------------------------- configuration
@@ -267,7 +281,11 @@ def test_fuzz_output_always_finite_and_within_limits(robot, frac, target, grip):
     assert np.all(cmd.q >= lim.q_low - 1e-12) and np.all(cmd.q <= lim.q_high + 1e-12)
     assert np.max(np.abs(cmd.q - state)) <= lim.max_step_delta + 1e-9
     assert 0.0 <= cmd.gripper <= 1.0
-    assert lim.in_workspace(cmd.q)
+    # inside the box, or (starting outside it) never further out than where the arm already is
+    from extract_skills.core.safety import _box_violation
+
+    anchor = np.clip(state, lim.q_low, lim.q_high)
+    assert lim.in_workspace(cmd.q) or _box_violation(cmd.q, lim) <= _box_violation(anchor, lim) + 1e-12
 
 
 @settings(max_examples=200, deadline=None)
@@ -287,13 +305,18 @@ TIGHT = SafetyLimits(workspace_min=(0.2, -0.15, 0.40), workspace_max=(0.45, 0.15
     offset=st.lists(st.floats(-0.3, 0.3), min_size=7, max_size=7),
     delta=st.lists(st.floats(-1.0, 1.0), min_size=7, max_size=7),
 )
-def test_fuzz_tight_box_output_inside_or_refused(offset, delta):
+def test_fuzz_tight_box_output_inside_or_not_further_out(offset, delta):
     # states around home in a box that is tight around it: exercises the scale-back often
+    from extract_skills.core.safety import _box_violation
+
     state = HOME + np.asarray(offset)
     try:
         cmd = check_command(state, state + np.asarray(delta), 0.5, TIGHT)
     except UnsafeCommandError as exc:
         assert not TIGHT.in_workspace(state), exc  # only a pose already outside may be refused
         return
-    assert TIGHT.in_workspace(cmd.q)
+    if TIGHT.in_workspace(np.clip(state, TIGHT.q_low, TIGHT.q_high)):
+        assert TIGHT.in_workspace(cmd.q)
+    else:  # already outside: hold, or move back toward the box
+        assert _box_violation(cmd.q, TIGHT) <= _box_violation(np.clip(state, TIGHT.q_low, TIGHT.q_high), TIGHT) + 1e-12
     assert np.max(np.abs(cmd.q - state)) <= TIGHT.max_step_delta + 1e-9

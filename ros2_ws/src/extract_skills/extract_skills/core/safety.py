@@ -220,6 +220,14 @@ class SafetyLimits:
 # --------------------------------------------------------------------------------------------
 # The safety function
 # --------------------------------------------------------------------------------------------
+def _box_violation(q: np.ndarray, limits: SafetyLimits) -> float:
+    """m, summed distance of flange and TCP outside the workspace box (0 inside)."""
+    pts = checked_points(q, limits.tcp_offset)
+    below = np.asarray(limits.workspace_min) - pts
+    above = pts - np.asarray(limits.workspace_max)
+    return float(np.sum(np.maximum(below, 0.0)) + np.sum(np.maximum(above, 0.0)))
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     a = np.array(a, dtype=np.float64, copy=True)
     a.setflags(write=False)
@@ -319,22 +327,27 @@ def check_command(state_q: Any, q_target: Any, gripper_target: Any, limits: Safe
     if not limits.in_workspace(q):
         anchor = np.clip(q_state, lo, hi)
         if not limits.in_workspace(anchor):
-            pts = checked_points(anchor, limits.tcp_offset)
-            raise UnsafeCommandError(
-                f"measured pose is outside the workspace box (flange {pts[0].round(3).tolist()}, "
-                f"TCP {pts[1].round(3).tolist()} m; box {limits.workspace_min}..{limits.workspace_max}): "
-                "no safe anchor to scale back to, supervised recovery needed"
-            )
-        a_in, a_out = 0.0, 1.0
-        step = q - anchor
-        for _ in range(30):  # 2^-30 of the step: far below encoder resolution
-            mid = 0.5 * (a_in + a_out)
-            if limits.in_workspace(anchor + mid * step):
-                a_in = mid
+            # Already outside (tracking overshoot, a push): never refuse to hold still, and let a step
+            # through only if it brings the flange/TCP back toward the box; anything else holds.
+            if _box_violation(q, limits) < _box_violation(anchor, limits):
+                reasons.append(f"{REASON_WORKSPACE}:recovering")
             else:
-                a_out = mid
-        q = anchor + a_in * step
-        reasons.append(f"{REASON_WORKSPACE}:{a_in:.3f}")
+                pts = checked_points(anchor, limits.tcp_offset)
+                logger.debug("pose outside the workspace box (flange %s, TCP %s m): holding",
+                               pts[0].round(3).tolist(), pts[1].round(3).tolist())
+                q = anchor
+                reasons.append(f"{REASON_WORKSPACE}:hold")
+        else:
+            a_in, a_out = 0.0, 1.0
+            step = q - anchor
+            for _ in range(30):  # 2^-30 of the step: far below encoder resolution
+                mid = 0.5 * (a_in + a_out)
+                if limits.in_workspace(anchor + mid * step):
+                    a_in = mid
+                else:
+                    a_out = mid
+            q = anchor + a_in * step
+            reasons.append(f"{REASON_WORKSPACE}:{a_in:.3f}")
 
     # gripper
     g_out = min(1.0, max(0.0, g))

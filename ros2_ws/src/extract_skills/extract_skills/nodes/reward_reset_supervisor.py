@@ -8,6 +8,7 @@ number of times, then the supervisor publishes NEEDS_HUMAN and waits.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 from extract_msgs.msg import EpisodeEvent, SkillCommand, SubtaskStatus
@@ -53,6 +54,8 @@ class RewardResetSupervisor(Node):
         self._reset_future = None
         self._reset_attempts = 0
         self._operator_ok = self.p["mode"] == "sim"
+        # One lock around the episode state machine: callbacks run on several executor threads.
+        self._lock = threading.RLock()
         group = ReentrantCallbackGroup()
         self.pub = self.create_publisher(EpisodeEvent, TOPICS["episode_event"], 10)
         self.create_subscription(SubtaskStatus, TOPICS["subtask_status"], self._on_status, 10, callback_group=group)
@@ -75,36 +78,40 @@ class RewardResetSupervisor(Node):
         self.pub.publish(msg)
 
     def _on_status(self, msg: SubtaskStatus) -> None:
-        if self._state != "running" or self.tracker is None:
-            return
-        for name in self.tracker.update(dict(zip(msg.names, msg.done))):
-            self.get_logger().info(f"episode {self.episode_id}: completed {name}")
-            self._publish(EpisodeEvent.REWARD, 1.0, name)
+        with self._lock:
+            if self._state != "running" or self.tracker is None:
+                return
+            for name in self.tracker.update(dict(zip(msg.names, msg.done))):
+                self.get_logger().info(f"episode {self.episode_id}: completed {name}")
+                self._publish(EpisodeEvent.REWARD, 1.0, name)
 
     def _on_skill(self, msg: SkillCommand) -> None:
-        if self._state == "running" and self.tracker is not None and msg.episode_id == self.episode_id:
-            self.tracker.skills += 1
+        with self._lock:
+            if self._state == "running" and self.tracker is not None and msg.episode_id == self.episode_id:
+                self.tracker.skills += 1
 
     def _on_confirm(self, req, resp):
-        if self._state != "running" or self.tracker is None:
-            resp.success, resp.error = False, "no episode is running"
+        with self._lock:
+            if self._state != "running" or self.tracker is None:
+                resp.success, resp.error = False, "no episode is running"
+                return resp
+            names = [req.subtask] if req.subtask else list(self.tracker.remaining)
+            new = self.tracker.update({n: True for n in names}) if req.succeeded else []
+            for name in new:
+                self._publish(EpisodeEvent.REWARD, 1.0, f"operator: {name}")
+            resp.success, resp.reward = True, float(len(new))
             return resp
-        names = [req.subtask] if req.subtask else list(self.tracker.remaining)
-        new = self.tracker.update({n: True for n in names}) if req.succeeded else []
-        for name in new:
-            self._publish(EpisodeEvent.REWARD, 1.0, f"operator: {name}")
-        resp.success, resp.reward = True, float(len(new))
-        return resp
 
     def _on_reset_request(self, req, resp):
-        if self.p["mode"] == "real" and not req.operator_confirmed:
-            resp.success, resp.error = False, "reset on the real robot needs operator_confirmed=true (workspace clear)"
+        with self._lock:
+            if self.p["mode"] == "real" and not req.operator_confirmed:
+                resp.success, resp.error = False, "reset on the real robot needs operator_confirmed=true (workspace clear)"
+                return resp
+            self._operator_ok = True
+            if self._state == "running":
+                self._end(Outcome.TRUNCATED, req.reason or "reset requested")
+            resp.success, resp.episode_id = True, self.episode_id + 1
             return resp
-        self._operator_ok = True
-        if self._state == "running":
-            self._end(Outcome.TRUNCATED, req.reason or "reset requested")
-        resp.success, resp.episode_id = True, self.episode_id + 1
-        return resp
 
     # -------------------------------------------------------------------------- lifecycle
     def _end(self, outcome: Outcome, detail: str) -> None:
@@ -122,22 +129,23 @@ class RewardResetSupervisor(Node):
             self._operator_ok = False  # the next reset waits for the operator
 
     def _tick(self) -> None:
-        now = time.monotonic()
-        if self._state == "running":
-            t = self.tracker
-            if t.all_done:
-                self._end(Outcome.SUCCESS, "all subtasks completed")
-            elif t.skills >= self.p["max_skills_per_episode"]:
-                self._end(Outcome.TRUNCATED, f"skill budget ({self.p['max_skills_per_episode']}) used")
-            elif now - self._t_start > self.p["max_episode_s"]:
-                self._end(Outcome.TRUNCATED, f"time limit ({self.p['max_episode_s']} s)")
-        elif self._state == "ending" and now - self._ended_at >= self.p["settle_s"]:
-            if self.p["num_episodes"] and len(self.summary) >= self.p["num_episodes"]:
-                self._state, self.finished = "done", True
-                return
-            self._state = "reset"
-        elif self._state == "reset":
-            self._try_reset(now)
+        with self._lock:
+            now = time.monotonic()
+            if self._state == "running":
+                t = self.tracker
+                if t.all_done:
+                    self._end(Outcome.SUCCESS, "all subtasks completed")
+                elif t.skills >= self.p["max_skills_per_episode"]:
+                    self._end(Outcome.TRUNCATED, f"skill budget ({self.p['max_skills_per_episode']}) used")
+                elif now - self._t_start > self.p["max_episode_s"]:
+                    self._end(Outcome.TRUNCATED, f"time limit ({self.p['max_episode_s']} s)")
+            elif self._state == "ending" and now - self._ended_at >= self.p["settle_s"]:
+                if self.p["num_episodes"] and len(self.summary) >= self.p["num_episodes"]:
+                    self._state, self.finished = "done", True
+                    return
+                self._state = "reset"
+            elif self._state == "reset":
+                self._try_reset(now)
 
     def _try_reset(self, now: float) -> None:
         if not self._operator_ok:

@@ -51,9 +51,12 @@ def build_nodes(mode: str, params: dict[str, dict], context=None):
 
     from extract_skills.graph import nodes_for
 
+    # Import every node module before constructing any node: the kitchen node starts its physics
+    # thread in its constructor, and loading torch's native libraries while MuJoCo/OSMesa runs in
+    # another thread crashed the process (SIGSEGV, seen here).
+    classes = [getattr(importlib.import_module(spec.module), spec.node_class) for spec in nodes_for(mode)]
     nodes = []
-    for spec in nodes_for(mode):
-        cls = getattr(importlib.import_module(spec.module), spec.node_class)
+    for spec, cls in zip(nodes_for(mode), classes):
         overrides = [Parameter(k, value=v) for k, v in params[spec.name].items()]
         nodes.append(cls(parameter_overrides=overrides, context=context))
     return nodes
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown(timeout_sec=5.0)
         for n in nodes:
             close = getattr(n, "close", None)
             if close:

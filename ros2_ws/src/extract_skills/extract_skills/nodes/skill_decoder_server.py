@@ -200,16 +200,23 @@ class SkillDecoderServer(Node):
             if self.pub_cmd is not None:
                 self.pub_cmd.publish(joint_state_msg(q_sent, 0.0, self.get_clock().now().to_msg()))
 
+        out = ExecuteSkill.Result()
         with self._exec_lock:
             if id(handle) in self._preempted:  # superseded while waiting for the arm
                 result = None
             else:
-                result = self.executor_core.run(
-                    self.bundle.rollout(v.skill_id, v.argument, max_steps, self.p["progress_threshold"]),
-                    is_cancel_requested=lambda: handle.is_cancel_requested,
-                    is_preempted=lambda: self._preempted.get(id(handle)),
-                    heartbeat=self._heartbeat, feedback=feedback)
-        out = ExecuteSkill.Result()
+                try:
+                    result = self.executor_core.run(
+                        self.bundle.rollout(v.skill_id, v.argument, max_steps, self.p["progress_threshold"]),
+                        is_cancel_requested=lambda: handle.is_cancel_requested,
+                        is_preempted=lambda: self._preempted.get(id(handle)),
+                        heartbeat=self._heartbeat, feedback=feedback)
+                except Exception as exc:  # noqa: BLE001 - a bug must end the goal, not leave it dangling
+                    self.get_logger().fatal(f"skill execution failed: {exc!r}")
+                    self._preempted.pop(id(handle), None)
+                    handle.abort()
+                    out.error = f"internal error: {exc!r}"
+                    return out
         if result is None:
             handle.abort()
             out.error = f"preempted: {self._preempted.pop(id(handle))}"
