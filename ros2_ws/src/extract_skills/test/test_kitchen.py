@@ -81,7 +81,9 @@ def test_kitchen_arm_reaches_joint_target(sim):
         arm.step_to(np.full(7, np.nan), 0.5)
 
 
-@pytest.mark.parametrize("seq, seed", [(("light switch", "slide cabinet"), 3), (("slide cabinet", "light switch"), 4)])
+# Subtasks that are 100% reliable for the scripts inside the real Panda limits (the light switch is
+# not: 81%, see benchmarks/RESULTS.md), so a failure here means a regression.
+@pytest.mark.parametrize("seq, seed", [(("top burner", "slide cabinet"), 3), (("slide cabinet", "top burner"), 4)])
 def test_scripted_episode_through_physics(sim, tmp_path, seq, seed):
     demo = ScriptedDemo(sim, DemoConfig(subtask_step_budget=120))
     ep, results = demo.run_episode(seq, seed=seed)

@@ -52,7 +52,7 @@ DEFAULTS = {
     "argument_bound": 5.0,  # |z_i| beyond this is clipped (prior std units)
     "heartbeat_timeout_s": 0.5,  # s, policy heartbeat age that stops the arm (once a policy was seen)
     "state_max_age_s": 0.5,
-    "publish_joint_states_hz": 50.0,  # franky/fake arms: this node publishes /joint_states
+    "publish_joint_states_hz": 25.0,  # franky/fake arms: this node publishes /joint_states
     "home_q": HOME_Q,
 }
 

@@ -33,7 +33,8 @@ DEFAULTS = {
     "max_skew_s": 0.25,  # s, |image stamp - joint state stamp| tolerated
     "step_limit": 0,  # per-skill control-step limit sent with each goal; 0 = decoder's max length
     "dynamics_factor": 0.1,  # relative dynamics factor sent with each goal
-    "heartbeat_hz": 20.0,
+    "heartbeat_hz": 10.0,  # Hz; the decoder's heartbeat_timeout_s must span a few periods
+    "act_hz": 20.0,  # Hz, how often the policy checks whether it can send the next goal
     "act_without_episode": False,  # True: act without a supervisor's START (manual testing)
 }
 
@@ -45,6 +46,7 @@ class SkillPolicyNode(Node):
             "max_obs_age_s": lambda v: None if v > 0 else "must be > 0 s",
             "dynamics_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
             "heartbeat_hz": lambda v: None if v > 0 else "must be > 0 Hz",
+            "act_hz": lambda v: None if v > 0 else "must be > 0 Hz",
         })
         self.bundle = load_deployment_bundle(models_dir(self.p["models_dir"]) / self.p["checkpoint"])
         self.rng = np.random.default_rng(self.p["seed"])
@@ -64,12 +66,13 @@ class SkillPolicyNode(Node):
         self.create_subscription(JointState, TOPICS["joint_states"], self._on_joints, 10, callback_group=group)
         self.create_subscription(EpisodeEvent, TOPICS["episode_event"], self._on_event, 10, callback_group=group)
         self.create_timer(1.0 / self.p["heartbeat_hz"], self._heartbeat, callback_group=group)
-        self.create_timer(0.1, self._maybe_act, callback_group=group)  # retries when an embedding arrived mid-goal
+        # Poll rather than act inside the embedding callback: acting there (graph queries, goal
+        # sends) starved the other callbacks of rclpy's executor on 2 cores (seen: 2 s old inputs).
+        self.create_timer(1.0 / self.p["act_hz"], self._maybe_act, callback_group=group)
 
     # -------------------------------------------------------------------------- inputs
     def _on_embedding(self, msg: SkillEmbedding) -> None:
         self.embedding.set(msg)
-        self._maybe_act()  # act on arrival: a polling timer would add up to its period of latency
 
     def _on_joints(self, msg: JointState) -> None:
         self.joints.set(msg)
