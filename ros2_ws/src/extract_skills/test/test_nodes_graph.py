@@ -152,15 +152,16 @@ def test_policy_refuses_nan_and_stale_observations(models):
         for n in (dec, pol, test):
             ex.add_node(n)
         try:
-            def feed(value, seconds):
+            def feed(value, seconds, until=lambda: False):
                 t_end = time.monotonic() + seconds
-                while time.monotonic() < t_end:
+                while time.monotonic() < t_end and not until():
                     _publish_obs(test, pub, value)
                     spin_until(ex, lambda: False, 0.05)
 
+            assert spin_until(ex, pol.client.server_is_ready, 15.0), "decoder action server not discovered"
             feed(float("nan"), 1.0)
             assert pol.counters["goals"] == 0 and pol.counters["refused_obs"] > 0
-            feed(0.1, 1.5)
+            feed(0.1, 15.0, until=lambda: pol.counters["goals"] >= 1)
             assert pol.counters["goals"] >= 1
             # camera stops: once the observation is older than max_obs_age_s no new goal is sent
             spin_until(ex, lambda: not pol._in_flight, 5.0)
@@ -179,7 +180,7 @@ def test_policy_process_killed_stops_the_arm(models):
     with RclpyContext() as ctx:
         dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
             {"models_dir": str(models), "arm": "fake", "control_period_s": 0.02, "max_step_delta": 0.01,
-             "progress_threshold": 1.0, "max_skill_steps": 300, "heartbeat_timeout_s": 0.3}))
+             "progress_threshold": 1.0, "max_skill_steps": 300, "heartbeat_timeout_s": 1.0}))
         test = rclpy.create_node("kill_test", context=ctx)
         pub = test.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
         cmds = []
@@ -188,7 +189,8 @@ def test_policy_process_killed_stops_the_arm(models):
         ex.add_node(dec)
         ex.add_node(test)
         policy = start_python("extract_skills.nodes.skill_policy_node", "--ros-args", "-p", f"models_dir:={models}",
-                              "-p", "act_without_episode:=true", "-p", "step_limit:=300")
+                              "-p", "act_without_episode:=true", "-p", "step_limit:=300", "-p", "max_obs_age_s:=1.0",
+                              "-p", "max_skew_s:=1.0")
         try:
             t_end = time.monotonic() + 30.0
             while not cmds and time.monotonic() < t_end:
@@ -196,7 +198,7 @@ def test_policy_process_killed_stops_the_arm(models):
                 spin_until(ex, lambda: False, 0.05)
             assert cmds, "the policy process never sent a skill"
             spin_until(ex, lambda: False, 0.3)
-            assert dec.last_result is None, "skill ended before the kill"
+            assert dec.last_result is None, f"skill ended before the kill: {dec.last_result}"
             policy.send_signal(signal.SIGKILL)
             policy.wait(5)
             assert spin_until(ex, lambda: dec.last_result is not None, 10.0)
