@@ -148,6 +148,7 @@ def test_execute_skill_across_processes(action_server_process):
         assert res.result.steps_executed == 5
         assert [f.step for f in feedback] == [0, 1, 2, 3, 4]
         assert all(len(f.commanded_joint_positions) == 7 for f in feedback)
+        assert all(0.0 <= f.commanded_gripper <= 1.0 for f in feedback)
         assert len(res.result.final_joint_positions) == 7
 
         # 2. Cancel mid-skill.

@@ -193,12 +193,20 @@ class SkillDecoderServer(Node):
                           self.p["argument_bound"])
         max_steps = min(goal.step_limit or self.p["max_skill_steps"], self.p["max_skill_steps"])
 
+        gripper = {"cmd": float("nan")}
+
+        def decoded():  # remembers the gripper target the safety function is about to see
+            for action, progress in self.bundle.rollout(v.skill_id, v.argument, max_steps, self.p["progress_threshold"]):
+                gripper["cmd"] = float(np.clip(action[-1], 0.0, 1.0)) if np.isfinite(action[-1]) else float("nan")
+                yield action, progress
+
         def feedback(step: int, progress: float, q_sent: np.ndarray) -> None:
             fb = ExecuteSkill.Feedback(step=step - 1, progress=float(progress),
-                                       commanded_joint_positions=[float(x) for x in q_sent])
+                                       commanded_joint_positions=[float(x) for x in q_sent],
+                                       commanded_gripper=gripper["cmd"])
             handle.publish_feedback(fb)
             if self.pub_cmd is not None:
-                self.pub_cmd.publish(joint_state_msg(q_sent, 0.0, self.get_clock().now().to_msg()))
+                self.pub_cmd.publish(joint_state_msg(q_sent, gripper["cmd"], self.get_clock().now().to_msg()))
 
         out = ExecuteSkill.Result()
         with self._exec_lock:
@@ -207,7 +215,7 @@ class SkillDecoderServer(Node):
             else:
                 try:
                     result = self.executor_core.run(
-                        self.bundle.rollout(v.skill_id, v.argument, max_steps, self.p["progress_threshold"]),
+                        decoded(),
                         is_cancel_requested=lambda: handle.is_cancel_requested,
                         is_preempted=lambda: self._preempted.get(id(handle)),
                         heartbeat=self._heartbeat, feedback=feedback)
