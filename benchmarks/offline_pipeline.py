@@ -8,7 +8,7 @@ Measures, in one run:
 
 Prints a markdown table (and writes it with ``--out``). Run from the repository root::
 
-    .venv/bin/python benchmarks/offline_pipeline.py --out benchmarks/RESULTS_offline.md
+    .venv/bin/python benchmarks/offline_pipeline.py (prints the table; copy it into benchmarks/RESULTS.md)
 """
 from __future__ import annotations
 

@@ -127,6 +127,7 @@ def test_camera_refuses_frozen_and_stale_frames(models):
             pub.publish(_image(40 + i, test.get_clock().now().to_msg()))
         assert spin_until(ex, lambda: cam.counters["stale"] >= 3, 10.0)
         assert cam.counters["embedded"] == e1
+        cam.close()
 
 
 def _publish_obs(node, pub_emb, emb_value: float):

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch default). 1 by default: on a 2-core machine shared with "
-                        "other jobs, 2 OpenMP threads ran 3-30x slower than 1 (see benchmarks/RESULTS_offline.md)")
+                        "other jobs, 2 OpenMP threads ran 3-30x slower than 1 (see benchmarks/RESULTS.md)")
     g = p.add_argument_group("encoder")
     g.add_argument("--encoder", default="r3m_resnet18", help="encoder registry name")
     g.add_argument("--encoder-weights", type=Path, default=None,

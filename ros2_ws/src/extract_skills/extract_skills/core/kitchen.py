@@ -6,7 +6,7 @@ What this adds on top of the upstream env (which it uses unchanged for physics a
 * ``fast_render`` (default ``True``): shadows, reflections and skybox off and no multisampling.
   On software GL (OSMesa, 2 cores, 128x128) this renders ~45 frames/s against ~1.5 with the
   kitchen's own visual settings (4 shadow-casting lights, 4096 px shadow maps, 8x MSAA); see
-  ``benchmarks/RESULTS_sim.md``. Keep the same setting for data
+  ``benchmarks/RESULTS.md``. Keep the same setting for data
   collection and deployment in sim, since the images feed a frozen encoder;
 * completion flags for all seven subtasks measured on the true (noise-free) physics state with the
   env's own goals and tolerance (``OBS_ELEMENT_INDICES``, ``OBS_ELEMENT_GOALS``, ``BONUS_THRESH``);

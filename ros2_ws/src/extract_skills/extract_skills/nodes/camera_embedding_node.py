@@ -1,8 +1,9 @@
 """Camera embedding node: sensor_msgs/Image in, SkillEmbedding out (stamped with the image's stamp).
 
 The encoder is the one the skill checkpoint was trained with (name + weights hash are checked).
-Images are queued by the subscription and embedded by a worker timer; when it falls behind it
-embeds the whole backlog as one batch. Stale frames (monotonic arrival age) and frozen frames
+Images are queued by the subscription and embedded by a worker thread (woken per image, not
+polled: a fast polling timer starved rclpy's executor on 2 cores); when it falls behind it embeds
+the backlog as one batch. Stale frames (monotonic arrival age) and frozen frames
 (repeated stamp or identical pixels) are refused and reported, never embedded.
 """
 from __future__ import annotations
@@ -15,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from extract_msgs.msg import SkillEmbedding
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from extract_skills.core.deployment import load_deployment_encoder
 from extract_skills.graph import TOPICS
-from extract_skills.nodes.common import declare, image_to_rgb, models_dir, run_node, stamp_to_s
+from extract_skills.nodes.common import declare, image_to_rgb, models_dir, run_node
 
 DEFAULTS = {
     "image_topic": TOPICS["image"],
@@ -57,6 +57,8 @@ class CameraEmbeddingNode(Node):
             self.expected_size = (int(info["image_width"]), int(info["image_height"]))
         self._queue: collections.deque = collections.deque(maxlen=64)
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stop = False
         self._last_stamp = None
         self._last_hash = None
         self._repeats = 0
@@ -64,7 +66,8 @@ class CameraEmbeddingNode(Node):
         self.counters = collections.Counter()
         self.pub = self.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
         self.create_subscription(Image, self.p["image_topic"], self._on_image, 10)
-        self.create_timer(0.005, self._work, callback_group=MutuallyExclusiveCallbackGroup())
+        self._worker = threading.Thread(target=self._work_loop, name="camera_embedding", daemon=True)
+        self._worker.start()
         self.get_logger().info(f"embedding {self.p['image_topic']} with {self.encoder.identity.name} "
                                f"({self.encoder.identity.sha256[:12]})")
 
@@ -95,14 +98,25 @@ class CameraEmbeddingNode(Node):
             self.get_logger().warning(f"camera frozen ({self._repeats} repeated frames): refusing",
                                       throttle_duration_sec=2.0)
             return
-        with self._lock:
+        with self._wake:
             self._queue.append((time.monotonic(), msg.header, rgb, self.seq))
+            self._wake.notify()
 
-    def _work(self) -> None:
-        with self._lock:
-            items = [self._queue.popleft() for _ in range(min(len(self._queue), self.p["max_batch"]))]
-        if not items:
-            return
+    def _work_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stop:
+                    self._wake.wait(0.5)
+                if self._stop:
+                    return
+                items = [self._queue.popleft() for _ in range(min(len(self._queue), self.p["max_batch"]))]
+            try:
+                self._embed(items)
+            except Exception as exc:  # noqa: BLE001 - keep serving; every failure is reported
+                self.counters["embed_error"] += 1
+                self.get_logger().error(f"embedding failed: {exc!r}", throttle_duration_sec=2.0)
+
+    def _embed(self, items: list) -> None:
         now = time.monotonic()
         fresh = [it for it in items if now - it[0] <= self.p["max_frame_age_s"]]
         if len(fresh) < len(items):
@@ -122,6 +136,13 @@ class CameraEmbeddingNode(Node):
             msg.latency = float(done - t_arrive)
             self.pub.publish(msg)
         self.counters["embedded"] += len(fresh)
+
+
+    def close(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._worker.join(5.0)
 
 
 def main(args=None) -> None:
