@@ -17,6 +17,7 @@ CLIS = {
     "extract": "extract_skills.cli.extract_pipeline:main",
     "extract-generate-demos": "extract_skills.cli.generate_demos:main",
     "extract-contact-sheet": "extract_skills.cli.contact_sheet:main",
+    "extract-bags-to-dataset": "extract_skills.cli.bags_to_dataset:main",
     "extract-calibrate-intrinsics": "extract_skills.cli.calibrate_intrinsics:main",
     "extract-calibrate-handeye": "extract_skills.cli.calibrate_handeye:main",
 }

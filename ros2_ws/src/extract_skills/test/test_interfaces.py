@@ -12,7 +12,7 @@ extract_msgs = pytest.importorskip("extract_msgs", reason="extract_msgs not buil
 
 from action_msgs.msg import GoalStatus  # noqa: E402
 from extract_msgs.action import ExecuteSkill  # noqa: E402
-from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding  # noqa: E402
+from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding, SubtaskStatus  # noqa: E402
 from extract_msgs.srv import ConfirmOutcome, ResetEpisode  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -78,6 +78,15 @@ def test_episode_event_roundtrip():
     _, got = _roundtrip(EpisodeEvent, fill)
     assert got.event == EpisodeEvent.REWARD and list(got.completed_subtasks) == ["microwave", "kettle"]
     assert got.episode_return == pytest.approx(2.0)
+
+
+def test_subtask_status_roundtrip():
+    def fill(m):
+        m.names = ["microwave", "kettle"]
+        m.done = [True, False]
+
+    _, got = _roundtrip(SubtaskStatus, fill)
+    assert list(got.names) == ["microwave", "kettle"] and list(got.done) == [True, False]
 
 
 def test_services_roundtrip():

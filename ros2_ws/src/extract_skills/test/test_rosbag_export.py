@@ -90,3 +90,16 @@ def test_robot_style_bag_derives_actions(tmp_path):
     np.testing.assert_allclose(ep.env_actions[:, :7], 0.1 / (ACTION_SCALE * 0.1), atol=1e-5)
     np.testing.assert_allclose(ep.skill_actions()[:, :7], 0.1, atol=1e-6)
     np.testing.assert_allclose(ep.skill_actions()[:, 7], 0.75, atol=1e-6)
+
+
+def test_bags_to_dataset_cli(tmp_path):
+    from extract_skills.cli.bags_to_dataset import main
+    from extract_skills.core.dataset import iter_dataset, read_dataset_info
+
+    eps = [make_episode(n=5 + i) for i in range(2)]
+    bags = [export_episode(ep, tmp_path / f"bag{i}") for i, ep in enumerate(eps)]
+    assert main([*map(str, bags), "--out", str(tmp_path / "ds")]) == 0
+    got = [ep for _, ep in iter_dataset(tmp_path / "ds")]
+    assert [g.num_steps for g in got] == [e.num_steps for e in eps]
+    np.testing.assert_array_equal(got[1].images, eps[1].images)
+    assert read_dataset_info(tmp_path / "ds")["source"] == "rosbag2"
