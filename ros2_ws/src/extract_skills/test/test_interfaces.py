@@ -152,7 +152,7 @@ def test_execute_skill_across_processes(action_server_process):
         feedback = []
         gh = wait_future(ex, client.send_goal_async(_goal(2, 5), feedback_callback=lambda f: feedback.append(f.feedback)))
         assert gh.accepted
-        res = wait_future(ex, gh.get_result_async(), 10.0)
+        res = wait_future(ex, gh.get_result_async(), 30.0)
         assert res.status == GoalStatus.STATUS_SUCCEEDED and res.result.success
         assert res.result.steps_executed == 5
         assert [f.step for f in feedback] == [0, 1, 2, 3, 4]
@@ -166,7 +166,7 @@ def test_execute_skill_across_processes(action_server_process):
         assert spin_until(ex, lambda: len(fb2) >= 3, 10.0)
         cancel = wait_future(ex, gh.cancel_goal_async())
         assert len(cancel.goals_canceling) == 1
-        res = wait_future(ex, gh.get_result_async(), 10.0)
+        res = wait_future(ex, gh.get_result_async(), 30.0)
         assert res.status == GoalStatus.STATUS_CANCELED and not res.result.success
         assert 3 <= res.result.steps_executed < 200
 

@@ -181,7 +181,7 @@ def test_policy_process_killed_stops_the_arm(models):
     with RclpyContext() as ctx:
         dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
             {"models_dir": str(models), "arm": "fake", "control_period_s": 0.02, "max_step_delta": 0.01,
-             "progress_threshold": 1.0, "max_skill_steps": 300, "heartbeat_timeout_s": 1.0}))
+             "progress_threshold": 1.0, "max_skill_steps": 300, "heartbeat_timeout_s": 2.0}))
         test = rclpy.create_node("kill_test", context=ctx)
         pub = test.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
         cmds = []

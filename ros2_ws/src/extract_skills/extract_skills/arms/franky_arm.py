@@ -149,6 +149,13 @@ class FrankyArm(Arm):
             raise ArmRealtimeError(f"{what}: {exc}") from exc
         except f.Exception as exc:
             raise ArmError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except RuntimeError as exc:
+            # Some of franky's state accessors surface libfranka's network errors as a bare
+            # RuntimeError("Net Exception") (seen against franky-sim killed mid-motion).
+            if "net" in str(exc).lower():
+                self._robot = None
+                raise ArmNetworkError(f"{what}: connection to {self.config.robot_ip} lost: {exc}") from exc
+            raise ArmError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def _user_stopped(self) -> bool:
         try:

@@ -209,6 +209,7 @@ class SkillDecoderServer(Node):
                 self.pub_cmd.publish(joint_state_msg(q_sent, gripper["cmd"], self.get_clock().now().to_msg()))
 
         out = ExecuteSkill.Result()
+        t_goal = time.monotonic()
         with self._exec_lock:
             if id(handle) in self._preempted:  # superseded while waiting for the arm
                 result = None
@@ -218,7 +219,8 @@ class SkillDecoderServer(Node):
                         decoded(),
                         is_cancel_requested=lambda: handle.is_cancel_requested,
                         is_preempted=lambda: self._preempted.get(id(handle)),
-                        heartbeat=self._heartbeat, feedback=feedback)
+                        # sending the goal is itself a sign of life: age the heartbeat from then at most
+                        heartbeat=lambda: max(t_goal, self._heartbeat()), feedback=feedback)
                 except Exception as exc:  # noqa: BLE001 - a bug must end the goal, not leave it dangling
                     self.get_logger().fatal(f"skill execution failed: {exc!r}")
                     self._preempted.pop(id(handle), None)

@@ -25,7 +25,7 @@ def spin_until(executor: Executor, predicate: Callable[[], bool], timeout_s: flo
     return predicate()
 
 
-def wait_future(executor: Executor, future, timeout_s: float = 10.0):
+def wait_future(executor: Executor, future, timeout_s: float = 30.0):
     assert spin_until(executor, future.done, timeout_s), "future did not complete in time"
     return future.result()
 
@@ -64,5 +64,28 @@ class RclpyContext:
         return self.context
 
     def __exit__(self, *exc) -> None:
+        # Destroy every node made in this context before shutting it down: a node left alive keeps
+        # its DDS entities, and a later test's client then matched a dead action server (seen here).
+        import gc
+
+        from rclpy.executors import Executor
+        from rclpy.node import Node
+
+        # First stop the executors (their worker threads may still run callbacks), then the nodes.
+        for obj in gc.get_objects():
+            if isinstance(obj, Executor) and obj.context is self.context:
+                try:
+                    obj.shutdown(timeout_sec=5.0)
+                except Exception:  # noqa: BLE001
+                    pass
+        for obj in gc.get_objects():
+            if isinstance(obj, Node) and obj.context is self.context:
+                close = getattr(obj, "close", None)
+                try:
+                    if close:
+                        close()
+                    obj.destroy_node()
+                except Exception:  # noqa: BLE001 - already destroyed or half-built
+                    pass
         if self.context.ok():
             rclpy.shutdown(context=self.context)
