@@ -116,8 +116,8 @@ def test_camera_refuses_frozen_and_stale_frames(models):
         for _ in range(8):
             pub.publish(frozen)
             ex.spin_once(timeout_sec=0.05)
-        assert spin_until(ex, lambda: cam.seq == seq0 + 8 and not cam._queue, 10.0), "frames not received"
-        spin_until(ex, lambda: False, 0.3)  # let the worker finish the batch it holds
+        idle = lambda: not cam._queue and not cam.busy  # noqa: E731
+        assert spin_until(ex, lambda: cam.seq == seq0 + 8 and idle(), 10.0), "frames not received"
         assert cam.counters["frozen"] >= 5
         assert cam.counters["embedded"] - e0 <= 3, "a frozen stream kept producing embeddings"
         # stale: frames older than max_frame_age_s when the worker gets them are dropped
@@ -125,7 +125,7 @@ def test_camera_refuses_frozen_and_stale_frames(models):
         e1 = cam.counters["embedded"]
         for i in range(3):
             pub.publish(_image(40 + i, test.get_clock().now().to_msg()))
-        assert spin_until(ex, lambda: cam.counters["stale"] >= 3, 10.0)
+        assert spin_until(ex, lambda: cam.counters["stale"] >= 3 and idle(), 10.0)
         assert cam.counters["embedded"] == e1
         cam.close()
 

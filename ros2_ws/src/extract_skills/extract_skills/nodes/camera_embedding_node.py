@@ -59,6 +59,7 @@ class CameraEmbeddingNode(Node):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stop = False
+        self.busy = False  # the worker holds a batch (observability, tests)
         self._last_stamp = None
         self._last_hash = None
         self._repeats = 0
@@ -110,11 +111,15 @@ class CameraEmbeddingNode(Node):
                 if self._stop:
                     return
                 items = [self._queue.popleft() for _ in range(min(len(self._queue), self.p["max_batch"]))]
+                self.busy = True
             try:
                 self._embed(items)
             except Exception as exc:  # noqa: BLE001 - keep serving; every failure is reported
                 self.counters["embed_error"] += 1
                 self.get_logger().error(f"embedding failed: {exc!r}", throttle_duration_sec=2.0)
+            finally:
+                with self._wake:
+                    self.busy = False
 
     def _embed(self, items: list) -> None:
         now = time.monotonic()
