@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s['episode']:7d} | {s['outcome']:9s} | {s['return']:6.1f} | {s['skills']:6d} | {s['seconds']:7.1f} | "
               f"{', '.join(s['completed']) or '-'}")
     if ns.summary_json:
+        ns.summary_json.parent.mkdir(parents=True, exist_ok=True)
         ns.summary_json.write_text(json.dumps(summary, indent=2))
     return rc
 
