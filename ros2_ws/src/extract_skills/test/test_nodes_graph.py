@@ -1,7 +1,7 @@
 """The node graph through real rclpy: end-to-end sim episode and the fault rows that need ROS.
 
-Rows of ../shared/RELIABILITY.md covered here: 1 (stale camera), 2 (frozen frames), 4 (NaN
-embedding), 12 (policy process killed). The safety function and arm faults are covered in
+Rows of ../shared/RELIABILITY.md covered here: 1 (stale camera), 2 (frozen frames), 3 (image vs
+joint-state skew), 4 (NaN embedding), 12 (policy process killed). The safety function and arm faults are covered in
 test_safety.py / test_skill_executor.py, the action interface (cancel, preemption, bad goals) in
 test_interfaces.py.
 """
@@ -130,8 +130,10 @@ def test_camera_refuses_frozen_and_stale_frames(models):
         cam.close()
 
 
-def _publish_obs(node, pub_emb, emb_value: float):
-    st = node.get_clock().now().to_msg()
+def _publish_obs(node, pub_emb, emb_value: float, stamp_offset_s: float = 0.0):
+    from rclpy.duration import Duration
+
+    st = (node.get_clock().now() - Duration(seconds=stamp_offset_s)).to_msg()
     e = SkillEmbedding(encoder_name="r3m_resnet18", embedding=[emb_value] * 512)
     e.header.stamp = st
     pub_emb.publish(e)
@@ -162,6 +164,14 @@ def test_policy_refuses_nan_and_stale_observations(models):
             assert spin_until(ex, pol.client.server_is_ready, 15.0), "decoder action server not discovered"
             feed(float("nan"), 1.0)
             assert pol.counters["goals"] == 0 and pol.counters["refused_obs"] > 0
+            # image vs joint-state skew (RELIABILITY row 3): a fresh message whose image stamp is 2 s
+            # older than the joint states is refused
+            refused = pol.counters["refused_obs"]
+            t_end = time.monotonic() + 1.0
+            while time.monotonic() < t_end:
+                _publish_obs(test, pub, 0.1, stamp_offset_s=2.0)
+                spin_until(ex, lambda: False, 0.05)
+            assert pol.counters["goals"] == 0 and pol.counters["refused_obs"] > refused
             feed(0.1, 15.0, until=lambda: pol.counters["goals"] >= 1)
             assert pol.counters["goals"] >= 1
             # camera stops: once the observation is older than max_obs_age_s no new goal is sent
