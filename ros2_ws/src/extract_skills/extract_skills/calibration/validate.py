@@ -11,30 +11,27 @@ from .handeye import HandEyeCalibration, read_handeye_yaml
 from .intrinsics import CameraInfo, read_camera_info_yaml
 
 
-def load_camera_info(path: str | Path) -> CameraInfo:
-    """Read and validate a camera_info YAML; errors name the file and the field."""
+def _load(path: str | Path, what: str, reader):
+    """Read a calibration file with ``reader``; errors name the file (and the field, from the reader)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"camera_info file not found: {path} (see calibration/README.md)")
+        raise FileNotFoundError(f"{what} file not found: {path} (see calibration/README.md)")
     try:
-        return read_camera_info_yaml(path)
+        return reader(path)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     except Exception as e:  # YAML syntax errors and the like
-        raise ValueError(f"{path}: not a readable camera_info YAML ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable {what} YAML ({type(e).__name__}: {e})") from None
+
+
+def load_camera_info(path: str | Path) -> CameraInfo:
+    """Read and validate a camera_info YAML; errors name the file and the field."""
+    return _load(path, "camera_info", read_camera_info_yaml)
 
 
 def load_handeye(path: str | Path) -> HandEyeCalibration:
     """Read and validate an easy_handeye2-style hand-eye YAML."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"hand-eye file not found: {path} (see calibration/README.md)")
-    try:
-        return read_handeye_yaml(path)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable hand-eye YAML ({type(e).__name__}: {e})") from None
+    return _load(path, "hand-eye", read_handeye_yaml)
 
 
 def check_image_matches_camera_info(width: int, height: int, info: CameraInfo) -> None:

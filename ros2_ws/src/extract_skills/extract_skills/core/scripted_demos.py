@@ -348,25 +348,30 @@ class ScriptedDemo:
     def plan_top_burner(self, rng: np.random.Generator) -> list[Waypoint]:
         return self._knob_cycle("knob4_site", 0.0, rng)
 
-    def plan_microwave(self, rng: np.random.Generator) -> list[Waypoint]:
-        m = self.ik.site_pos("microhandle_site") + self._jit(rng)
-        hinge = self.ik.joint_anchor("microwave")[:2]
-        v = m[:2] - hinge
+    def _swing_door(self, handle: np.ndarray, joint: str, r: np.ndarray, angles: Sequence[float],
+                    retreat: Sequence[float]) -> list[Waypoint]:
+        """Grasp a door handle, swing it about the door's vertical hinge through ``angles`` (rad), let go, back off."""
+        hinge = self.ik.joint_anchor(joint)[:2]
+        v = handle[:2] - hinge
         rad, th0 = np.linalg.norm(v), np.arctan2(v[1], v[0])
-        # The handle is low: tilt the gripper down (about world x) so the arm can reach it.
-        r = rot_about([1, 0, 0], self.MICROWAVE_TILT) @ self.rot0
         wps = [
-            Waypoint(m + [0.0, -0.12, 0.0], r, 1.0, tol=0.02),
-            Waypoint(m + [0.0, -0.005, 0.0], r, 1.0, tol=0.01),
-            Waypoint(m + [0.0, -0.005, 0.0], r, 0.0, tol=0.01, hold=6),
+            Waypoint(handle + [0.0, -0.12, 0.0], r, 1.0, tol=0.02),
+            Waypoint(handle + [0.0, -0.005, 0.0], r, 1.0, tol=0.01),
+            Waypoint(handle + [0.0, -0.005, 0.0], r, 0.0, tol=0.01, hold=6),
         ]
-        for phi in (-0.2, -0.4, -0.6, -0.8):
-            p = np.array([hinge[0] + rad * np.cos(th0 + phi), hinge[1] + rad * np.sin(th0 + phi), m[2]])
+        for phi in angles:
+            p = np.array([hinge[0] + rad * np.cos(th0 + phi), hinge[1] + rad * np.sin(th0 + phi), handle[2]])
             wps.append(Waypoint(p, rot_about([0, 0, 1], phi) @ r, 0.0, tol=0.02, speed=0.6, max_steps=20))
         last = wps[-1]
         wps.append(Waypoint(last.pos, last.rot, 1.0, tol=0.02, hold=4))
-        wps.append(Waypoint(last.pos + [0.05, -0.1, 0.0], last.rot, 1.0, tol=0.03))
+        wps.append(Waypoint(last.pos + np.asarray(retreat), last.rot, 1.0, tol=0.03))
         return wps
+
+    def plan_microwave(self, rng: np.random.Generator) -> list[Waypoint]:
+        m = self.ik.site_pos("microhandle_site") + self._jit(rng)
+        # The handle is low: tilt the gripper down (about world x) so the arm can reach it.
+        r = rot_about([1, 0, 0], self.MICROWAVE_TILT) @ self.rot0
+        return self._swing_door(m, "microwave", r, (-0.2, -0.4, -0.6, -0.8), (0.05, -0.1, 0.0))
 
     #: Top-down grasp: approach axis -z, fingers closing along y (across the kettle's x-aligned handle).
     ROT_DOWN = np.column_stack([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
@@ -396,22 +401,8 @@ class ScriptedDemo:
 
     def plan_hinge_cabinet(self, rng: np.random.Generator) -> list[Waypoint]:
         h = self.ik.site_pos("hinge_site2") + self._jit(rng)
-        hinge = self.ik.joint_anchor("right_hinge_cabinet")[:2]
-        v = h[:2] - hinge
-        rad, th0 = np.linalg.norm(v), np.arctan2(v[1], v[0])
-        r = self.rot0
-        wps = [
-            Waypoint(h + [0.0, -0.12, 0.0], r, 1.0, tol=0.02),
-            Waypoint(h + [0.0, -0.005, 0.0], r, 1.0, tol=0.01),
-            Waypoint(h + [0.0, -0.005, 0.0], r, 0.0, tol=0.01, hold=6),
-        ]
-        for phi in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5):
-            p = np.array([hinge[0] + rad * np.cos(th0 + phi), hinge[1] + rad * np.sin(th0 + phi), h[2]])
-            wps.append(Waypoint(p, rot_about([0, 0, 1], phi) @ r, 0.0, tol=0.02, speed=0.6, max_steps=20))
-        last = wps[-1]
-        wps.append(Waypoint(last.pos, last.rot, 1.0, tol=0.02, hold=4))
-        wps.append(Waypoint(last.pos + [0.0, -0.1, 0.0], last.rot, 1.0, tol=0.03))
-        return wps
+        return self._swing_door(h, "right_hinge_cabinet", self.rot0, (0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
+                                (0.0, -0.1, 0.0))
 
     MICROWAVE_TILT = -0.6  # rad
     KNOB_ATTEMPTS = 2
