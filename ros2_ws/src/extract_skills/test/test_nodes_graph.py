@@ -175,7 +175,9 @@ def test_policy_refuses_nan_and_stale_observations(models):
             feed(0.1, 15.0, until=lambda: pol.counters["goals"] >= 1)
             assert pol.counters["goals"] >= 1
             # camera stops: once the observation is older than max_obs_age_s no new goal is sent
-            # (arrival ages, not publish times: under load a queued message is delivered late)
+            # (arrival ages, not publish times: under load a queued message is delivered late, so let
+            # the queues drain before taking the count)
+            spin_until(ex, lambda: False, 1.0)
             assert spin_until(ex, lambda: not pol._in_flight and pol.embedding.age() > 0.3, 10.0)
             goals = pol.counters["goals"]
             spin_until(ex, lambda: False, 1.0)
