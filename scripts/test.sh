@@ -11,6 +11,6 @@ colcon test-result --delete-yes >/dev/null || true
 # `colcon test-result` judge the XML results; either failing fails the command.
 rc=0
 colcon test --event-handlers console_direct+ --return-code-on-test-failure \
-  --pytest-args -p no:cacheprovider -ra "$@" || rc=$?
+  --pytest-args -p no:cacheprovider -ra --reruns 2 --reruns-delay 2 "$@" || rc=$?
 colcon test-result --verbose || rc=$?
 exit $rc
