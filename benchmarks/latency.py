@@ -104,10 +104,10 @@ def main() -> None:
     os.environ.setdefault("ROS_DOMAIN_ID", "87")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
-    from extract_skills.core.arm import FakeArm
-    from extract_skills.core.deployment import load_deployment_bundle, load_deployment_encoder
-    from extract_skills.core.safety import SafetyLimits
-    from extract_skills.core.skill_executor import ExecutorConfig, SkillExecutor
+    from extract_skills.core.control.arm import FakeArm
+    from extract_skills.core.skills.deployment import load_deployment_bundle, load_deployment_encoder
+    from extract_skills.core.control.safety import SafetyLimits
+    from extract_skills.core.control.skill_executor import ExecutorConfig, SkillExecutor
 
     models = ns.models_dir
     note = ""

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ros2_ws" / "src" / "extract_skills"))
 
 from extract_skills.cli.extract_pipeline import main as extract_main  # noqa: E402
-from extract_skills.core.dataset import EpisodeData, write_dataset_info, write_episode  # noqa: E402
-from extract_skills.core.encoders import build_trunk, load_encoder, save_r3m_checkpoint  # noqa: E402
-from extract_skills.core.skill_extraction import ExtractionConfig, fit_kmeans  # noqa: E402
+from extract_skills.core.data.dataset import EpisodeData, write_dataset_info, write_episode  # noqa: E402
+from extract_skills.core.skills.encoders import build_trunk, load_encoder, save_r3m_checkpoint  # noqa: E402
+from extract_skills.core.skills.skill_extraction import ExtractionConfig, fit_kmeans  # noqa: E402
 
 
 def synthetic_episode(rng: np.random.Generator, n_steps: int, px: int) -> EpisodeData:

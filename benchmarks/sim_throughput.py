@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros2_ws" / "src" /
 
 import numpy as np  # noqa: E402
 
-from extract_skills.core.kitchen import KitchenConfig, KitchenSim  # noqa: E402
-from extract_skills.core.scripted_demos import DemoConfig, ScriptedDemo, heldout_task_sequences, sample_task_sequence  # noqa: E402
+from extract_skills.core.sim.kitchen import KitchenConfig, KitchenSim  # noqa: E402
+from extract_skills.core.sim.scripted_demos import DemoConfig, ScriptedDemo, heldout_task_sequences, sample_task_sequence  # noqa: E402
 
 
 def steps_per_s(sim: KitchenSim, n: int, seed: int = 0) -> float:

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from extract_skills.core.checkpoint import (CheckpointMismatchError, load_skill_bundle, save_skill_bundle)
-from extract_skills.core.skill_model import SkillModel, SkillModelConfig
+from extract_skills.core.skills.checkpoint import (CheckpointMismatchError, load_skill_bundle, save_skill_bundle)
+from extract_skills.core.skills.skill_model import SkillModel, SkillModelConfig
 
 EMBED_DIM, K = 16, 3
 

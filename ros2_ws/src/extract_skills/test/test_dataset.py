@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from extract_skills.core.dataset import (
+from extract_skills.core.data.dataset import (
     FORMAT_VERSION,
     SUBTASK_NAMES,
     EpisodeData,

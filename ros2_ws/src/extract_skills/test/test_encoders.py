@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from extract_skills.core import encoders as enc_mod
-from extract_skills.core.encoders import (EncoderWeightsMissingError, TCNConfig, build_trunk, load_encoder,
+from extract_skills.core.skills import encoders as enc_mod
+from extract_skills.core.skills.encoders import (EncoderWeightsMissingError, TCNConfig, build_trunk, load_encoder,
                                           train_tcn_encoder)
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from extract_skills.cli.extract_pipeline import main, next_subtask_per_step
-from extract_skills.core.checkpoint import load_skill_bundle
-from extract_skills.core.dataset import EpisodeData, write_dataset_info, write_episode
-from extract_skills.core.encoders import file_sha256
+from extract_skills.core.skills.checkpoint import load_skill_bundle
+from extract_skills.core.data.dataset import EpisodeData, write_dataset_info, write_episode
+from extract_skills.core.skills.encoders import file_sha256
 
 N_STEPS, N_EPISODES, PX = 40, 4, 32
 

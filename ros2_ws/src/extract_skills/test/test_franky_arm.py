@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from extract_skills.arms.franky_arm import FrankyArm, FrankyArmConfig
-from extract_skills.core.arm import ArmError, ArmIncompatibleError, ArmNetworkError
-from extract_skills.core.safety import SafetyLimits, check_command, end_effector_pose
-from extract_skills.core.skill_executor import ExecutorConfig, SkillExecutor, SkillStatus
+from extract_skills.core.control.arm import ArmError, ArmIncompatibleError, ArmNetworkError
+from extract_skills.core.control.safety import SafetyLimits, check_command, end_effector_pose
+from extract_skills.core.control.skill_executor import ExecutorConfig, SkillExecutor, SkillStatus
 
 JOINT_ATOL = 0.03  # rad, franky's own sim tests use this tracking tolerance
 POS_ATOL = 1e-3  # m, FK vs the simulator's O_T_EE

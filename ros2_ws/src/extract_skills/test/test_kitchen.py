@@ -5,10 +5,10 @@ import pytest
 pytest.importorskip("gymnasium_robotics")
 pytest.importorskip("mujoco")
 
-from extract_skills.core.arm import ArmState  # noqa: E402
-from extract_skills.core.dataset import SUBTASK_NAMES, read_episode, write_episode  # noqa: E402
-from extract_skills.core.kitchen import KitchenArm, KitchenConfig, KitchenSim  # noqa: E402
-from extract_skills.core.scripted_demos import (  # noqa: E402
+from extract_skills.core.control.arm import ArmState  # noqa: E402
+from extract_skills.core.data.dataset import SUBTASK_NAMES, read_episode, write_episode  # noqa: E402
+from extract_skills.core.sim.kitchen import KitchenArm, KitchenConfig, KitchenSim  # noqa: E402
+from extract_skills.core.sim.scripted_demos import (  # noqa: E402
     REST_Q,
     DemoConfig,
     ScriptedDemo,

@@ -21,8 +21,8 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
-from extract_skills.core.skill_executor import Fault  # noqa: E402
-from extract_skills.core.safety import robot_model  # noqa: E402
+from extract_skills.core.control.skill_executor import Fault  # noqa: E402
+from extract_skills.core.control.safety import robot_model  # noqa: E402
 from extract_skills.graph import TOPICS  # noqa: E402
 from extract_skills.nodes.common import rgb_to_image  # noqa: E402
 from support.ros_graph import RclpyContext, spin_until, start_python, stop_process  # noqa: E402

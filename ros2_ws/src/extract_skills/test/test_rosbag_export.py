@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip("rosbags")
 
-from extract_skills.core.dataset import EpisodeData  # noqa: E402
-from extract_skills.core.rosbag_export import ACTION_SCALE, bag_to_episode, export_episode  # noqa: E402
+from extract_skills.core.data.dataset import EpisodeData  # noqa: E402
+from extract_skills.core.data.rosbag_export import ACTION_SCALE, bag_to_episode, export_episode  # noqa: E402
 
 
 def make_episode(n: int = 6, size: int = 12) -> EpisodeData:
@@ -94,7 +94,7 @@ def test_robot_style_bag_derives_actions(tmp_path):
 
 def test_bags_to_dataset_cli(tmp_path):
     from extract_skills.cli.bags_to_dataset import main
-    from extract_skills.core.dataset import iter_dataset, read_dataset_info
+    from extract_skills.core.data.dataset import iter_dataset, read_dataset_info
 
     eps = [make_episode(n=5 + i) for i in range(2)]
     bags = [export_episode(ep, tmp_path / f"bag{i}") for i, ep in enumerate(eps)]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extract_skills.core.safety import (
+from extract_skills.core.control.safety import (
     REASON_GRIPPER_RANGE,
     REASON_JOINT_LIMIT,
     REASON_STEP_DELTA,
@@ -202,7 +202,7 @@ def test_workspace_inside_is_untouched():
 def test_current_pose_outside_box_holds_or_recovers():
     """Outside the box (overshoot): holding still is always allowed, moving further out never is,
     and a step that brings the arm back toward the box is let through."""
-    from extract_skills.core.safety import _box_violation
+    from extract_skills.core.control.safety import _box_violation
 
     lim = SafetyLimits(workspace_min=(-0.85, -0.85, 0.6), workspace_max=(0.85, 0.85, 1.2))
     assert not lim.in_workspace(HOME)
@@ -282,7 +282,7 @@ def test_fuzz_output_always_finite_and_within_limits(robot, frac, target, grip):
     assert np.max(np.abs(cmd.q - state)) <= lim.max_step_delta + 1e-9
     assert 0.0 <= cmd.gripper <= 1.0
     # inside the box, or (starting outside it) never further out than where the arm already is
-    from extract_skills.core.safety import _box_violation
+    from extract_skills.core.control.safety import _box_violation
 
     anchor = np.clip(state, lim.q_low, lim.q_high)
     assert lim.in_workspace(cmd.q) or _box_violation(cmd.q, lim) <= _box_violation(anchor, lim) + 1e-12
@@ -307,7 +307,7 @@ TIGHT = SafetyLimits(workspace_min=(0.2, -0.15, 0.40), workspace_max=(0.45, 0.15
 )
 def test_fuzz_tight_box_output_inside_or_not_further_out(offset, delta):
     # states around home in a box that is tight around it: exercises the scale-back often
-    from extract_skills.core.safety import _box_violation
+    from extract_skills.core.control.safety import _box_violation
 
     state = HOME + np.asarray(offset)
     try:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from extract_skills.core.checkpoint import CheckpointMismatchError, load_skill_bundle
-from extract_skills.core.deployment import load_deployment_bundle, load_deployment_encoder
-from extract_skills.core.safety import SafetyLimits, check_command
-from extract_skills.core.scripted_demos import REST_Q
+from extract_skills.core.skills.checkpoint import CheckpointMismatchError, load_skill_bundle
+from extract_skills.core.skills.deployment import load_deployment_bundle, load_deployment_encoder
+from extract_skills.core.control.safety import SafetyLimits, check_command
+from extract_skills.core.sim.scripted_demos import REST_Q
 from extract_skills.graph import default_models_dir
 
 CKPT = default_models_dir() / "extract_kitchen.pt"
@@ -35,7 +35,7 @@ def test_checkpoint_refuses_other_expectations(bundle):
 @pytest.fixture(scope="module")
 def kitchen_obs(bundle):
     """A real observation: the kitchen at its reset pose, rendered and embedded like the nodes do."""
-    from extract_skills.core.kitchen import KitchenConfig, KitchenSim
+    from extract_skills.core.sim.kitchen import KitchenConfig, KitchenSim
 
     sim = KitchenSim(KitchenConfig(image_size=128))
     try:

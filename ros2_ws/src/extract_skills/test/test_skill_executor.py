@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from extract_skills.core.arm import (
+from extract_skills.core.control.arm import (
     ArmCommandError,
     ArmControlError,
     ArmError,
@@ -14,8 +14,8 @@ from extract_skills.core.arm import (
     FakeArm,
     FakeArmScript,
 )
-from extract_skills.core.safety import SafetyLimits, check_command
-from extract_skills.core.skill_executor import (
+from extract_skills.core.control.safety import SafetyLimits, check_command
+from extract_skills.core.control.skill_executor import (
     ExecutorConfig,
     Fault,
     GoalRejectedError,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extract_skills.core.skill_extraction import (ExtractionConfig, difference_embeddings, extract_skills,
+from extract_skills.core.skills.skill_extraction import (ExtractionConfig, difference_embeddings, extract_skills,
                                                   median_filter_labels, segment_labels)
 
 

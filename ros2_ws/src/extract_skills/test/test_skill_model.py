@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract_skills.core.skill_model import (SkillModelConfig, SkillTrainingData, compute_action_bounds,
+from extract_skills.core.skills.skill_model import (SkillModelConfig, SkillTrainingData, compute_action_bounds,
                                              denormalise_actions, normalise_actions, pad_segments,
                                              train_skill_model)
 
@@ -60,7 +60,7 @@ def test_rollouts_stop_at_skill_specific_lengths():
 
 def test_rollout_respects_max_steps_and_threshold():
     cfg = SkillModelConfig(num_skills=2, obs_dim=4, hidden_dim=16, train_steps=1)
-    from extract_skills.core.skill_model import SkillModel
+    from extract_skills.core.skills.skill_model import SkillModel
     model = SkillModel(cfg).eval()
     steps = list(model.skill_decoder.rollout(torch.zeros(5), 0, max_steps=7, progress_threshold=1.0))
     assert len(steps) == 7  # sigmoid never reaches exactly 1.0 -> runs to the cap
@@ -72,7 +72,7 @@ def test_padding_does_not_change_loss():
     """Padding values beyond a segment's length are masked out of every loss term."""
     data = _synthetic(n_per_skill=4)
     cfg = SkillModelConfig(num_skills=2, obs_dim=10, hidden_dim=16, max_segment_len=LONG_LEN)
-    from extract_skills.core.skill_model import SkillModel
+    from extract_skills.core.skills.skill_model import SkillModel
     torch.manual_seed(0)
     model = SkillModel(cfg)
     padded, lengths = pad_segments(data.actions)

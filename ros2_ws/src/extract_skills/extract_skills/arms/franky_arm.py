@@ -1,7 +1,7 @@
 """A Franka arm through franky-control (libfranka), behind the project's :class:`Arm` interface.
 
 franky is imported lazily, so this module imports without it.  Every franky exception is mapped
-onto the ArmError classes of ``core/arm.py``; franky stores errors of asynchronous motions and
+onto the ArmError classes of ``core/control/arm.py``; franky stores errors of asynchronous motions and
 raises them at the next ``move()`` / ``join_motion()``, so they surface from ``send()``/``stop()``.
 
 Version note: franky-control 2.0.0 bundles libfranka 0.21.2 (robot server version 10), which talks
@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..core.arm import (
+from ..core.control.arm import (
     Arm,
     ArmCommandError,
     ArmControlError,
@@ -31,7 +31,7 @@ from ..core.arm import (
     ArmState,
     ArmUserStopError,
 )
-from ..core.safety import NUM_JOINTS, CheckedCommand, SafetyLimits, check_dynamics_factor
+from ..core.control.safety import NUM_JOINTS, CheckedCommand, SafetyLimits, check_dynamics_factor
 
 logger = logging.getLogger(__name__)
 

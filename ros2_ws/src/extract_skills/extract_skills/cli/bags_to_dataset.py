@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from extract_skills.core.dataset import write_dataset_info, write_episode
-from extract_skills.core.rosbag_export import IMAGE_TOPIC, JOINT_TOPIC, bag_to_episode
+from extract_skills.core.data.dataset import write_dataset_info, write_episode
+from extract_skills.core.data.rosbag_export import IMAGE_TOPIC, JOINT_TOPIC, bag_to_episode
 
 
 def main(argv: list[str] | None = None) -> int:

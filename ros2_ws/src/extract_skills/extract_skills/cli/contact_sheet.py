@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import cv2
 
-    from extract_skills.core.dataset import episode_files, read_episode
+    from extract_skills.core.data.dataset import episode_files, read_episode
 
     src = Path(args.episode)
     if src.is_dir():

@@ -87,7 +87,7 @@ def _hash(*parts: Any) -> str:
 
 def dataset_fingerprint(dataset: Path) -> str:
     """Names, sizes and mtimes of the episode files plus dataset.json's content (make-like staleness)."""
-    from extract_skills.core.dataset import episode_files
+    from extract_skills.core.data.dataset import episode_files
     files = episode_files(dataset)
     if not files:
         raise SystemExit(f"no episode_XXXXXX.npz files in {dataset}")
@@ -137,12 +137,12 @@ def _savez_atomic(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _weights_path(args: argparse.Namespace) -> Path:
-    from extract_skills.core.encoders import default_weights_path
+    from extract_skills.core.skills.encoders import default_weights_path
     return args.encoder_weights or default_weights_path(args.encoder)
 
 
 def _extraction_config(args: argparse.Namespace):
-    from extract_skills.core.skill_extraction import ExtractionConfig
+    from extract_skills.core.skills.skill_extraction import ExtractionConfig
     return ExtractionConfig(num_skills=args.num_skills, median_kernel=args.median_kernel,
                             min_segment_len=args.min_segment_len, max_segment_len=args.max_segment_len,
                             seed=args.seed)
@@ -164,8 +164,8 @@ def _load_embeddings(run: Path) -> dict[str, Any]:
 def stage_embed(args: argparse.Namespace) -> str:
     from tqdm import tqdm
 
-    from extract_skills.core.dataset import episode_files, read_episode
-    from extract_skills.core.encoders import file_sha256, load_encoder
+    from extract_skills.core.data.dataset import episode_files, read_episode
+    from extract_skills.core.skills.encoders import file_sha256, load_encoder
     weights = _weights_path(args)
     enc = load_encoder(args.encoder, weights)  # fails early, naming the expected path
     h = _hash("embed", dataset_fingerprint(args.dataset), enc.identity.name, file_sha256(weights))
@@ -197,7 +197,7 @@ def stage_embed(args: argparse.Namespace) -> str:
 
 
 def stage_cluster(args: argparse.Namespace, embed_hash: str) -> str:
-    from extract_skills.core.skill_extraction import assign_labels, fit_kmeans, step_features
+    from extract_skills.core.skills.skill_extraction import assign_labels, fit_kmeans, step_features
     cfg = _extraction_config(args)
     h = _hash("cluster", embed_hash, cfg.num_skills, cfg.kmeans_batch_size, cfg.kmeans_n_init, cfg.seed)
     out = args.run_dir / "clusters.npz"
@@ -216,7 +216,7 @@ def stage_cluster(args: argparse.Namespace, embed_hash: str) -> str:
 
 
 def stage_segment(args: argparse.Namespace, cluster_hash: str) -> str:
-    from extract_skills.core.skill_extraction import segment_episodes
+    from extract_skills.core.skills.skill_extraction import segment_episodes
     cfg = _extraction_config(args)
     h = _hash("segment", cluster_hash, cfg.median_kernel, cfg.min_segment_len, cfg.max_segment_len)
     out = args.run_dir / "segments.json"
@@ -246,9 +246,9 @@ def stage_segment(args: argparse.Namespace, cluster_hash: str) -> str:
 
 
 def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
-    from extract_skills.core.checkpoint import PROPRIO_DIM
-    from extract_skills.core.encoders import embedding_dim
-    from extract_skills.core.skill_model import SkillModelConfig
+    from extract_skills.core.skills.checkpoint import PROPRIO_DIM
+    from extract_skills.core.skills.encoders import embedding_dim
+    from extract_skills.core.skills.skill_model import SkillModelConfig
     mcfg = SkillModelConfig(num_skills=args.num_skills, obs_dim=embedding_dim(args.encoder) + PROPRIO_DIM,
                             latent_dim=args.latent_dim,
                             hidden_dim=args.hidden_dim, beta=args.beta, lr=args.lr,
@@ -260,8 +260,8 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        from extract_skills.core.checkpoint import save_skill_bundle
-        from extract_skills.core.skill_model import SkillTrainingData, compute_action_bounds, train_skill_model
+        from extract_skills.core.skills.checkpoint import save_skill_bundle
+        from extract_skills.core.skills.skill_model import SkillTrainingData, compute_action_bounds, train_skill_model
         data = _load_embeddings(args.run_dir)
         doc = json.loads((args.run_dir / "segments.json").read_text())
         with np.load(args.run_dir / "embeddings.npz") as z:
@@ -309,8 +309,8 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
 def stage_train_encoder(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from extract_skills.core.dataset import iter_dataset
-    from extract_skills.core.encoders import TCNConfig, train_tcn_encoder
+    from extract_skills.core.data.dataset import iter_dataset
+    from extract_skills.core.skills.encoders import TCNConfig, train_tcn_encoder
     cfg = TCNConfig(name=args.encoder, image_size=args.tcn_image_size, steps=args.tcn_steps,
                     batch_episodes=args.tcn_batch_episodes, seed=args.seed)
     frames = [ep.images for _, ep in iter_dataset(args.dataset)]
@@ -347,7 +347,7 @@ def next_subtask_per_step(subtasks_done: np.ndarray) -> np.ndarray:
 
 def cluster_subtask_table(labels: list[np.ndarray], subtasks: list[np.ndarray], num_skills: int) -> str:
     """Markdown table: rows = skill clusters, columns = the subtask being completed next (step counts)."""
-    from extract_skills.core.dataset import SUBTASK_NAMES
+    from extract_skills.core.data.dataset import SUBTASK_NAMES
     names = list(SUBTASK_NAMES) + ["(none)"]
     counts = np.zeros((num_skills, len(names)), np.int64)
     for lab, sub in zip(labels, subtasks):
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "train-encoder":
         stage_train_encoder(args)
         return 0
-    from extract_skills.core.encoders import EncoderWeightsMissingError
+    from extract_skills.core.skills.encoders import EncoderWeightsMissingError
     wanted = STAGES if args.stage == "all" else STAGES[:STAGES.index(args.stage) + 1]
     # earlier stages are always checked (and skipped when current) so a later stage never uses stale inputs
     try:

@@ -35,7 +35,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def success_table(attempts: Counter, successes: Counter) -> str:
     """Markdown table of per-subtask success rates."""
-    from extract_skills.core.dataset import SUBTASK_NAMES
+    from extract_skills.core.data.dataset import SUBTASK_NAMES
 
     lines = ["| subtask | success | attempts | rate |", "|---|---:|---:|---:|"]
     for name in SUBTASK_NAMES:
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     from tqdm import tqdm
 
-    from extract_skills.core.dataset import write_dataset_info, write_episode
-    from extract_skills.core.kitchen import ENV_ID, KitchenConfig, KitchenSim
-    from extract_skills.core.scripted_demos import (
+    from extract_skills.core.data.dataset import write_dataset_info, write_episode
+    from extract_skills.core.sim.kitchen import ENV_ID, KitchenConfig, KitchenSim
+    from extract_skills.core.sim.scripted_demos import (
         DemoConfig,
         ScriptedDemo,
         heldout_task_sequences,

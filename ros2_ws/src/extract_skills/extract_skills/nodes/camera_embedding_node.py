@@ -19,7 +19,7 @@ from extract_msgs.msg import SkillEmbedding
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from extract_skills.core.deployment import load_deployment_encoder
+from extract_skills.core.skills.deployment import load_deployment_encoder
 from extract_skills.graph import TOPICS
 from extract_skills.nodes.common import declare, image_to_rgb, models_dir, run_node
 

@@ -16,9 +16,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 
-from extract_skills.core.dataset import SUBTASK_NAMES
-from extract_skills.core.kitchen import KitchenArm, KitchenConfig, KitchenSim
-from extract_skills.core.scripted_demos import REST_Q
+from extract_skills.core.data.dataset import SUBTASK_NAMES
+from extract_skills.core.sim.kitchen import KitchenArm, KitchenConfig, KitchenSim
+from extract_skills.core.sim.scripted_demos import REST_Q
 from extract_skills.graph import SERVICES, TOPICS
 from extract_skills.nodes.common import declare, joint_state_msg, parse_joint_state, rgb_to_image, run_node
 

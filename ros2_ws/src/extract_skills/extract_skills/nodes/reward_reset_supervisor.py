@@ -17,7 +17,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
-from extract_skills.core.episode import EpisodeTracker, Outcome
+from extract_skills.core.rl.episode import EpisodeTracker, Outcome
 from extract_skills.graph import SERVICES, TOPICS
 from extract_skills.nodes.common import declare, run_node
 from extract_skills.nodes.kitchen_sim_node import parse_task

@@ -20,10 +20,10 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from extract_skills.core.arm import Arm, ArmNetworkError, ArmState, FakeArm
-from extract_skills.core.deployment import load_deployment_bundle
-from extract_skills.core.safety import CheckedCommand, SafetyLimits, check_command, check_dynamics_factor
-from extract_skills.core.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
+from extract_skills.core.control.arm import Arm, ArmNetworkError, ArmState, FakeArm
+from extract_skills.core.skills.deployment import load_deployment_bundle
+from extract_skills.core.control.safety import CheckedCommand, SafetyLimits, check_command, check_dynamics_factor
+from extract_skills.core.control.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
                                                 validate_goal)
 from extract_skills.graph import ACTION_EXECUTE_SKILL, SERVICES, TOPICS
 from extract_skills.nodes.common import declare, joint_state_msg, models_dir, parse_joint_state, run_node

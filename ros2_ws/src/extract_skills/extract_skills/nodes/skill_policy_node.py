@@ -19,7 +19,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
 
-from extract_skills.core.deployment import load_deployment_bundle
+from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.graph import ACTION_EXECUTE_SKILL, TOPICS
 from extract_skills.nodes.common import Monotonic, declare, models_dir, parse_joint_state, run_node, stamp_to_s
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract_skills.core.checkpoint import save_skill_bundle
-from extract_skills.core.encoders import build_trunk, embedding_dim, file_sha256, save_r3m_checkpoint
-from extract_skills.core.skill_model import SkillModel, SkillModelConfig
+from extract_skills.core.skills.checkpoint import save_skill_bundle
+from extract_skills.core.skills.encoders import build_trunk, embedding_dim, file_sha256, save_r3m_checkpoint
+from extract_skills.core.skills.skill_model import SkillModel, SkillModelConfig
 
 ENCODER = "r3m_resnet18"
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .atomic_io import atomic_torch_save
+from extract_skills.core.data.atomic_io import atomic_torch_save
 
 LOG = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from extract_skills.core.dataset import SUBTASK_NAMES, EpisodeData
-from extract_skills.core.kitchen import KitchenArm, KitchenObs, KitchenSim, StepResult
-from extract_skills.core.safety import SafetyLimits
+from extract_skills.core.data.dataset import SUBTASK_NAMES, EpisodeData
+from extract_skills.core.sim.kitchen import KitchenArm, KitchenObs, KitchenSim, StepResult
+from extract_skills.core.control.safety import SafetyLimits
 
 LOG = logging.getLogger(__name__)
 

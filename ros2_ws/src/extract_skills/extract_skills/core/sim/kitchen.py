@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from extract_skills.core.arm import ArmState
-from extract_skills.core.dataset import SUBTASK_NAMES, gripper_opening
+from extract_skills.core.control.arm import ArmState
+from extract_skills.core.data.dataset import SUBTASK_NAMES, gripper_opening
 
 LOG = logging.getLogger(__name__)
 

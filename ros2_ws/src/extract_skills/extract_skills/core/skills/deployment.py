@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extract_skills.core.checkpoint import CheckpointMismatchError, SkillBundle, load_skill_bundle
-from extract_skills.core.encoders import FrameEncoder, load_encoder
+from extract_skills.core.skills.checkpoint import CheckpointMismatchError, SkillBundle, load_skill_bundle
+from extract_skills.core.skills.encoders import FrameEncoder, load_encoder
 
 REGENERATE_HINT = "regenerate the shipped models with `scripts/make_models.sh` (see models/README.md)"
 

@@ -1,6 +1,6 @@
 """The one safety function between a learned skill decoder and a Franka arm.
 
-Every joint command that reaches an :class:`~extract_skills.core.arm.Arm` is the output of
+Every joint command that reaches an :class:`~extract_skills.core.control.arm.Arm` is the output of
 :func:`check_command`.  It never trusts its inputs: non-finite values or wrong shapes are refused
 (:class:`UnsafeCommandError`), joint targets are clamped to the robot's limits minus a margin, the
 per-step change is clipped, and a target whose end effector would leave the workspace box is scaled

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from .atomic_io import atomic_torch_save
+from extract_skills.core.data.atomic_io import atomic_torch_save
 from .skill_model import SkillModel, SkillModelConfig, denormalise_actions
 
 LOG = logging.getLogger(__name__)

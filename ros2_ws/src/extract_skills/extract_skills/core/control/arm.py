@@ -1,6 +1,6 @@
 """The arm interface the skill executor drives, its error classes, and a scripted fake.
 
-``Arm.send`` accepts only a :class:`~extract_skills.core.safety.CheckedCommand`, the output of the
+``Arm.send`` accepts only a :class:`~extract_skills.core.control.safety.CheckedCommand`, the output of the
 one safety function; nothing else can reach a motor.  The error classes mirror franky's exception
 families, so an action server can classify a failure without importing franky:
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from extract_skills.core.dataset import SUBTASK_NAMES, EpisodeData
+from extract_skills.core.data.dataset import SUBTASK_NAMES, EpisodeData
 
 LOG = logging.getLogger(__name__)
 

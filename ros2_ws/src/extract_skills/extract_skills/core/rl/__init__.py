@@ -1,0 +1,1 @@
+"""Online RL: episode bookkeeping (the learner comes with the online-RL issue)."""

@@ -1,0 +1,1 @@
+"""The simulated Franka Kitchen twin and its scripted demonstrations."""
