@@ -50,7 +50,7 @@ def run_graph(mode: str, models: Path, frames: np.ndarray, rate_hz: float) -> tu
         "policy": (SkillPolicyNode, "extract_skills.nodes.skill_policy_node",
                    {"models_dir": str(models), "act_without_episode": True}),
         "decoder": (SkillDecoderServer, "extract_skills.nodes.skill_decoder_server",
-                    {"models_dir": str(models), "arm": "fake", "control_period_s": 0.0, "max_skill_steps": 3,
+                    {"models_dir": str(models), "arm": "fake", "control_period_s": 0.0,
                      "max_step_delta": 0.01}),
     }
     rclpy.init()
@@ -116,7 +116,7 @@ def main() -> None:
         from support.tiny_models import make_tiny_models
 
         models = Path(tempfile.mkdtemp())
-        make_tiny_models(models, image_size=224)
+        make_tiny_models(models, image_size=224, max_segment_len=3)
         note = " (no shipped models found: random-init ResNet-18 at 224 px, untrained skill model)"
     ckpt = models / "extract_kitchen.pt"
     bundle = load_deployment_bundle(ckpt)

@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# Regenerates the shipped default models in models/ from scratch (about 40 min on 2 CPU cores):
-#   1. 50 scripted kitchen demonstrations (data/kitchen_demos, not committed),
-#   2. the project's encoder: an R3M-objective time-contrastive fine-tune of a ResNet-18 trunk
-#      on those frames (no pretrained weights can be downloaded here), saved in R3M's format,
-#   3. the EXTRACT pipeline: embed -> K-means (K=8) -> segment -> skill VAE + priors.
+# Regenerates the shipped default models in models/:
+#   1. scripted kitchen demonstrations (1-4 subtasks, commands recorded as the action labels) in
+#      data/kitchen_demos_v2 (not committed; resumable: an interrupted run keeps what it wrote),
+#   2. the encoder: the shipped ResNet-18 TCN (models/encoders/r3m_resnet18.pt) is kept, it won the
+#      encoder comparison (benchmarks/encoder_comparison.py); RETRAIN_ENCODER=1 re-trains it with
+#      R3M's time-contrastive objective on the demos' frames,
+#   3. the EXTRACT pipeline: embed -> K-means (K=8) -> segment -> skill VAE (closed-loop, free-running
+#      decoder) + priors, with 20% of whole episodes held out for model selection and calibration.
 # Deterministic seeds; timings vary with machine load.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
 . scripts/env.sh
-DATA="${DATA:-data/kitchen_demos}"
+DATA="${DATA:-data/kitchen_demos_v2}"
+EPISODES="${EPISODES:-193}"
 RUN="${RUN:-runs/kitchen}"
 THREADS="${THREADS:-2}"
-if [ ! -f "$DATA/dataset.json" ]; then
-  extract-generate-demos --out "$DATA" --episodes 50 --seed 0 --image-size 128
+WEIGHTS=models/encoders/r3m_resnet18.pt
+extract-generate-demos --out "$DATA" --episodes "$EPISODES" --seed 1000 --image-size 128 --resume --no-progress
+if [ "${RETRAIN_ENCODER:-0}" = 1 ] || [ ! -f "$WEIGHTS" ]; then
+  extract train-encoder --dataset "$DATA" --run-dir "$RUN" --encoder-weights "$WEIGHTS" \
+    --tcn-steps 1500 --threads "$THREADS"
 fi
-extract train-encoder --dataset "$DATA" --run-dir "$RUN" --encoder-weights models/encoders/r3m_resnet18.pt \
-  --tcn-steps 1500 --threads "$THREADS"
-extract all --dataset "$DATA" --run-dir "$RUN" --encoder-weights models/encoders/r3m_resnet18.pt \
+extract all --dataset "$DATA" --run-dir "$RUN" --encoder-weights "$WEIGHTS" \
   --out models/extract_kitchen.pt --threads "$THREADS"
 mkdir -p models/report
-cp "$RUN"/cluster_vs_subtask.md "$RUN"/*.png models/report/
-echo "make_models: wrote models/extract_kitchen.pt, models/encoders/r3m_resnet18.pt, models/report/"
+cp "$RUN"/cluster_vs_subtask.md "$RUN"/skill_model_report.md "$RUN"/*.png models/report/
+echo "make_models: wrote models/extract_kitchen.pt, models/report/ (encoder $WEIGHTS)"

@@ -14,6 +14,7 @@ def saved(tmp_path):
     torch.manual_seed(0)
     cfg = SkillModelConfig(num_skills=K, obs_dim=EMBED_DIM + 8, hidden_dim=16, max_segment_len=12)
     model = SkillModel(cfg).eval()
+    model.skill_prior.temperature.fill_(2.5)  # as if fitted on held-out episodes
     rng = np.random.default_rng(0)
     kwargs = dict(encoder_name="r3m_resnet18", encoder_sha256="ab" * 32,
                   centres=rng.standard_normal((K, EMBED_DIM)).astype(np.float32),
@@ -36,9 +37,13 @@ def test_round_trip_reproduces_priors_and_rollout(saved):
     np.testing.assert_allclose(obs[:EMBED_DIM], -kw["obs_mean"] / 2.0, rtol=1e-6)
     probs = bundle.skill_prior(obs)
     assert probs.shape == (K,) and abs(probs.sum() - 1) < 1e-5
-    with torch.no_grad():
-        ref = torch.softmax(model.skill_prior(torch.as_tensor(obs)[None]), -1)[0].numpy()
-    np.testing.assert_allclose(probs, ref, rtol=1e-5)
+    with torch.no_grad():  # the calibrated prior: fitted temperature and uniform floor survive the round trip
+        ref = torch.softmax(model.skill_prior(torch.as_tensor(obs)[None]) / 2.5, -1)[0].numpy()
+    np.testing.assert_allclose(probs, 0.99 * ref + 0.01 / K, rtol=1e-5)
+    # what the decoder node reads from the checkpoint instead of its own parameters
+    assert bundle.max_skill_steps == 12 and bundle.progress_threshold == 0.9 and bundle.argument_bound == 4.0
+    zq, sq = bundle.posterior(np.full((5, 8), 0.5, np.float32), 2)
+    assert zq.shape == sq.shape == (5,) and np.all(np.abs(zq) <= 2.0) and np.all(sq > 0)
     mean, std = bundle.argument_prior(obs, 1)
     assert mean.shape == (5,) and (std > 0).all()
     steps = list(bundle.rollout(1, mean, max_steps=9, progress_threshold=1.0))

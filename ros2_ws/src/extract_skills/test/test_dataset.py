@@ -46,7 +46,7 @@ def test_round_trip_is_exact(tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=key)
     assert back.meta == ep.meta
     assert back.images.dtype == np.uint8 and back.qpos.dtype == np.float64
-    assert back.env_actions.dtype == np.float32 and back.subtasks_done.dtype == bool
+    assert back.env_actions.dtype == np.float64 and back.subtasks_done.dtype == bool
 
 
 def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
@@ -74,7 +74,7 @@ def test_skill_actions_and_proprio():
     np.testing.assert_allclose(prop[:, :7], ep.qpos[:, :7], rtol=1e-6)
     np.testing.assert_allclose(prop[:, 7], opening, rtol=1e-6)
     act = ep.skill_actions()
-    assert act.shape == (4, 8) and act.dtype == np.float32
+    assert act.shape == (4, 8) and act.dtype == np.float64
     np.testing.assert_allclose(act[:, :7], ep.qpos[1:, :7] - ep.qpos[:-1, :7], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(act[:, 7], opening[1:], rtol=1e-6)
     # Integrating the skill actions from q0 gives back the joint trajectory.

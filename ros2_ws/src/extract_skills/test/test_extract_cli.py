@@ -73,14 +73,20 @@ def test_pipeline_end_to_end_and_resumable(dataset, tmp_path, capsys):
     for stage in ("embed", "cluster", "segment", "train"):
         assert f"[{stage}] running" in first
     for name in ("embeddings.npz", "clusters.npz", "segments.json", "pca_clusters.png",
-                 "segmentation_timeline.png", "training_curves.png", "cluster_vs_subtask.md"):
+                 "segmentation_timeline.png", "skill_gallery.png", "training_curves.png", "cluster_vs_subtask.md",
+                 "skill_model_report.md"):
         assert (run / name).is_file(), name
     assert any((run / "tb").iterdir())
     assert "| skill | microwave | kettle" in (run / "cluster_vs_subtask.md").read_text()
     bundle = load_skill_bundle(out, expect={"encoder_name": "r3m_resnet18", "encoder_sha256": file_sha256(weights),
                                             "embed_dim": 512, "num_skills": 3})
+    # held-out metrics from whole validation episodes travel with the checkpoint
+    val = bundle.config["validation"]
+    assert 0.0 <= val["prior_accuracy"] <= 1.0 and val["prior_min_prob"] >= 0.01 / 3 - 1e-7
+    assert bundle.config["validation_episodes"] and "skill prior ECE" in (run / "skill_model_report.md").read_text()
     mean, _ = bundle.argument_prior(bundle.make_obs(np.zeros(512), np.zeros(8)), 0)
-    steps = list(bundle.rollout(0, mean, max_steps=30))
+    assert bundle.closed_loop and bundle.action_frame == "skill_start"  # the pipeline's defaults
+    steps = list(bundle.rollout(0, mean, max_steps=30, proprio_fn=lambda: np.zeros(8, np.float32)))
     assert 1 <= len(steps) <= 30 and steps[0][0].shape == (8,)
     mtime = out.stat().st_mtime_ns
 

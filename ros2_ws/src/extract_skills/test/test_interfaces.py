@@ -124,12 +124,13 @@ def test_services_roundtrip():
 def action_server_process(tmp_path):
     """The real skill-decoder action server, fake arm, in its own process.
 
-    progress_threshold 1.0: the progress head never ends a skill, so the step limit sets its length.
+    The tiny model's progress threshold is 1.0: the progress head never ends a skill, so the goal's step
+    limit sets its length.
     """
     make_tiny_models(tmp_path)
     proc = start_python("extract_skills.nodes.skill_decoder_server", "--ros-args",
                         "-p", "arm:=fake", "-p", f"models_dir:={tmp_path}", "-p", "control_period_s:=0.02",
-                        "-p", "progress_threshold:=1.0", "-p", "max_skill_steps:=200", "-p", "max_step_delta:=0.01")
+                        "-p", "max_step_delta:=0.01")
     yield proc
     out = stop_process(proc)
     print(out)

@@ -45,7 +45,7 @@ def test_sim_episode_end_to_end(models):
     from extract_skills.nodes.run_graph import build_nodes, node_parameters
 
     params = node_parameters("sim", {"models_dir": str(models), "num_episodes": "1", "task": "microwave,kettle"})
-    params["skill_decoder"].update(max_skill_steps=8)
+    params["skill_policy"].update(step_limit=8)
     params["reward_reset_supervisor"].update(max_skills_per_episode=3)
     with RclpyContext() as ctx:
         nodes = build_nodes("sim", params, context=ctx)
@@ -145,10 +145,9 @@ def test_policy_refuses_nan_and_stale_observations(models):
 
     with RclpyContext() as ctx:
         dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
-            {"models_dir": str(models), "arm": "fake", "control_period_s": 0.01, "max_step_delta": 0.005,
-             "max_skill_steps": 5}))
+            {"models_dir": str(models), "arm": "fake", "control_period_s": 0.01, "max_step_delta": 0.005}))
         pol = SkillPolicyNode(context=ctx, parameter_overrides=_params(
-            {"models_dir": str(models), "act_without_episode": True, "max_obs_age_s": 0.3}))
+            {"models_dir": str(models), "act_without_episode": True, "max_obs_age_s": 0.3, "step_limit": 5}))
         test = rclpy.create_node("obs_test", context=ctx)
         pub = test.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
         ex = MultiThreadedExecutor(num_threads=4, context=ctx)
@@ -193,7 +192,7 @@ def test_policy_process_killed_stops_the_arm(models):
     with RclpyContext() as ctx:
         dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
             {"models_dir": str(models), "arm": "fake", "control_period_s": 0.02, "max_step_delta": 0.01,
-             "progress_threshold": 1.0, "max_skill_steps": 300, "heartbeat_timeout_s": 2.0}))
+             "heartbeat_timeout_s": 2.0}))
         test = rclpy.create_node("kill_test", context=ctx)
         pub = test.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
         cmds = []

@@ -37,7 +37,7 @@ def test_decoder_action_server_drives_franky_sim(sim, tmp_path):
     make_tiny_models(tmp_path)
     with RclpyContext() as ctx:
         params = {"models_dir": str(tmp_path), "arm": "franky", "robot_ip": sim, "realtime": "ignore",
-                  "robot_dynamics_factor": 0.3, "max_step_delta": 0.02, "progress_threshold": 1.0,
+                  "robot_dynamics_factor": 0.3, "max_step_delta": 0.02,
                   # the whole suite loads 2 cores; a slow gripper read under load aged states past 0.5 s
                   "state_max_age_s": 2.0}
         dec = SkillDecoderServer(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])

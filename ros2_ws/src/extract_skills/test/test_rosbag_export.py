@@ -22,6 +22,8 @@ def make_episode(n: int = 6, size: int = 12) -> EpisodeData:
         env_actions=rng.uniform(-1, 1, size=(n, 9)).astype(np.float32),
         stamps=np.arange(n + 1) * 0.08,
         meta={"task_sequence": ["microwave"], "seed": 1, "success": True, "source": "scripted_sim"},
+        commands=np.concatenate([qpos[:-1, :7] + rng.normal(scale=0.05, size=(n, 7)),
+                                 rng.integers(0, 2, size=(n, 1))], axis=1),
     )
 
 
@@ -36,14 +38,18 @@ def test_mcap_round_trip(tmp_path):
     np.testing.assert_array_equal(back.subtasks_done, ep.subtasks_done)
     np.testing.assert_array_equal(back.env_actions, ep.env_actions)
     np.testing.assert_allclose(back.stamps, ep.stamps, atol=1e-9)
+    np.testing.assert_allclose(back.commands, ep.commands, atol=1e-6)
     np.testing.assert_allclose(back.skill_actions(), ep.skill_actions(), atol=1e-6)
+    assert back.meta["action_labels"] == "commands"
     assert back.meta["task_sequence"] == ["microwave"] and back.meta["success"] is True
     with pytest.raises(Exception):
         export_episode(ep, bag)  # never overwrites a bag
 
 
-def test_robot_style_bag_derives_actions(tmp_path):
-    """A bag as a real Franka would record it: fr3_ names, bgr8 images, faster joint states, no metadata."""
+@pytest.mark.parametrize("with_commands", [True, False])
+def test_robot_style_bag_derives_actions(tmp_path, caplog, with_commands):
+    """A bag as a real Franka would record it: fr3_ names, bgr8 images, faster joint states and commands,
+    no metadata; without the command topic the labels fall back to realised motion, with a warning."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -60,7 +66,14 @@ def test_robot_style_bag_derives_actions(tmp_path):
     with Writer(tmp_path / "robot", version=9, storage_plugin=StoragePlugin.MCAP) as w:
         c_img = w.add_connection("/camera/image_raw", Image.__msgtype__, typestore=ts)
         c_js = w.add_connection("/joint_states", JointState.__msgtype__, typestore=ts)
+        c_cmd = w.add_connection("/joint_commands", JointState.__msgtype__, typestore=ts)
         for k in range(n_js):
+            if with_commands:  # 100 Hz commands: target 0.05 rad ahead on every joint, gripper closing
+                t = t0 + k * js_dt + 1_000_000
+                cmd = np.concatenate([np.linspace(0.1, 0.7, 7)[::-1] + 0.01 * k + 0.05, [0.01]])
+                msg = JointState(header=Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id=""),
+                                 name=names, position=cmd, velocity=np.zeros(0), effort=np.zeros(0))
+                w.write(c_cmd, t, ts.serialize_cdr(msg, JointState.__msgtype__))
             t = t0 + k * js_dt
             q = np.concatenate([np.linspace(0.1, 0.7, 7)[::-1] + 0.01 * k, [0.03]])
             q_by_time[t] = q
@@ -77,7 +90,8 @@ def test_robot_style_bag_derives_actions(tmp_path):
                 height=6, width=8, encoding="bgr8", is_bigendian=0, step=24, data=bgr.reshape(-1),
             )
             w.write(c_img, t, ts.serialize_cdr(msg, Image.__msgtype__))
-    ep = bag_to_episode(tmp_path / "robot")
+    with caplog.at_level("WARNING"):
+        ep = bag_to_episode(tmp_path / "robot")
     assert ep.num_steps == n_img - 1
     assert tuple(ep.images[2, 0, 0]) == (200, 100, 20)  # converted to RGB
     # Joint order restored (joint1..7) from the latest state at or before each image.
@@ -88,8 +102,16 @@ def test_robot_style_bag_derives_actions(tmp_path):
     np.testing.assert_allclose(ep.stamps, np.arange(n_img) * 0.1, atol=1e-9)
     assert not ep.subtasks_done.any() and ep.meta["actions"] == "derived_from_joint_states"
     np.testing.assert_allclose(ep.env_actions[:, :7], 0.1 / (ACTION_SCALE * 0.1), atol=1e-5)
-    np.testing.assert_allclose(ep.skill_actions()[:, :7], 0.1, atol=1e-6)
-    np.testing.assert_allclose(ep.skill_actions()[:, 7], 0.75, atol=1e-6)
+    if with_commands:
+        # Step t's label is the last command before image t+1 (image at tick 10 t + 10 plus 3 ms, command
+        # at tick 10 t + 10 plus 1 ms), relative to the joints at image t (tick 10 t): 10 ticks x 0.01 + 0.05.
+        assert ep.meta["action_labels"] == "commands" and "no /joint_commands" not in caplog.text
+        np.testing.assert_allclose(ep.skill_actions()[:, :7], 0.10 + 0.05, atol=1e-5)
+        np.testing.assert_allclose(ep.skill_actions()[:, 7], 0.25, atol=1e-6)
+    else:
+        assert ep.meta["action_labels"] == "realised_motion" and "no /joint_commands" in caplog.text
+        np.testing.assert_allclose(ep.skill_actions()[:, :7], 0.1, atol=1e-6)
+        np.testing.assert_allclose(ep.skill_actions()[:, 7], 0.75, atol=1e-6)
 
 
 def test_bags_to_dataset_cli(tmp_path):

@@ -52,18 +52,45 @@ def test_priors_and_variable_length_skills(bundle, kitchen_obs):
     obs = kitchen_obs
     probs = bundle.skill_prior(obs)
     assert probs.shape == (8,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    floor = bundle.model_config.prior_floor
+    assert floor > 0 and probs.min() >= floor / 8 - 1e-7  # a KL to the prior stays finite
+    # held-out validation figures travel with the model (see models/report/skill_model_report.md)
+    assert 0.0 < bundle.config["validation"]["prior_accuracy"] <= 1.0
     lengths = set()
     limits = SafetyLimits(robot="panda", max_step_delta=0.16)
     rng = np.random.default_rng(0)
     for d in range(bundle.num_skills):
         mean, std = bundle.argument_prior(obs, d)
         z = mean + std * rng.standard_normal(mean.shape)  # as the skill policy samples it
-        steps = list(bundle.rollout(d, z, max_steps=30, progress_threshold=0.9))
-        lengths.add(len(steps))
+        assert np.all(np.abs(mean) <= bundle.argument_bound)
         q = REST_Q.copy()
-        for action, progress in steps:
+        # stop threshold and step cap from the checkpoint; a closed-loop decoder reads the (here: commanded)
+        # joint state before each step
+        steps = []
+        for action, progress in bundle.rollout(d, z, proprio_fn=lambda: np.concatenate([q, [1.0]])):
+            steps.append((action, progress))
             assert np.all(np.isfinite(action)) and action.shape == (8,)
             assert np.all(action >= bundle.action_low - 1e-6) and np.all(action <= bundle.action_high + 1e-6)
             cmd = check_command(q, q + action[:7], action[7], limits)  # every decoded step passes the checks
             q = np.asarray(cmd.q)
+        lengths.add(len(steps))
     assert len(lengths) > 1, f"all skills decoded to the same length {lengths}: not variable-length"
+
+
+def test_skill_fidelity_benchmark_quick(tmp_path):
+    """The fidelity benchmark's smoke mode on the shipped models: one fresh demo of one subtask, replayed from
+    its start state; the recorded actions and the labels through the executor both complete it (physics)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[4] / "benchmarks" / "skill_fidelity.py"
+    spec = importlib.util.spec_from_file_location("skill_fidelity", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "fidelity.json"
+    assert mod.main(["--quick", "--checkpoint", str(CKPT), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) >= {"episodes", "env", "labels", "posterior", "prior", "subtasks_total"}
+    assert res["episodes"] == 1 and res["subtasks_total"] == 1
+    assert res["env"] == 1 and res["labels"] == 1

@@ -79,6 +79,28 @@ def test_wrong_argument_shape_rejected():
 
 
 # ---------------------------------------------------------------- normal run
+def test_skill_start_frame_targets_are_relative_to_where_the_skill_began():
+    """action_frame skill_start: target = q at the skill's start + action, whatever the arm lags; measured:
+    target = q measured now + action (the two differ as soon as the arm does not reach its targets)."""
+    sent = {}
+    for frame in ("measured", "skill_start"):
+        arm, ex, _ = make(config=ExecutorConfig(period_s=0.08, max_steps=100, action_frame=frame),
+                          tracking_gain=0.5)
+        q0 = arm.read_state().q.copy()
+        targets = []
+        orig = arm._send
+        arm._send = lambda cmd, orig=orig: (targets.append(np.array(cmd.q)), orig(cmd))
+        res = ex.run((np.r_[np.full(7, 0.01 * (i + 1)), 1.0], 0.0) for i in range(4))
+        assert res.status is SkillStatus.SUCCEEDED
+        sent[frame] = np.stack(targets)
+    # skill_start: the targets are exactly q0 + 0.01, 0.02, 0.03, 0.04
+    np.testing.assert_allclose(sent["skill_start"], q0 + np.outer(0.01 * np.arange(1, 5), np.ones(7)), atol=1e-12)
+    # measured: each target is relative to where the arm is by then, so they differ from those
+    assert np.all(np.abs(sent["measured"][1:] - sent["skill_start"][1:]) > 1e-3)
+    with pytest.raises(ValueError, match="action_frame"):
+        ExecutorConfig(action_frame="base")
+
+
 def test_normal_run_succeeds_and_tracks():
     arm, ex, clock = make()
     fb = []

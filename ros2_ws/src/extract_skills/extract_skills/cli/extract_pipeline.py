@@ -35,7 +35,8 @@ import numpy as np
 
 LOG = logging.getLogger("extract")
 STAGES = ("embed", "cluster", "segment", "train")
-NUM_THUMBNAIL_EPISODES = 3  # episodes whose frames are kept (downscaled) for the timeline picture
+NUM_THUMBNAIL_EPISODES = 12  # episodes whose frames are kept (downscaled) for the pictures
+TIMELINE_EPISODES = 3  # of those, drawn in the segmentation timeline
 THUMB_PX = 64
 
 
@@ -45,8 +46,9 @@ THUMB_PX = 64
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="extract", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("stage", choices=(*STAGES, "all", "train-encoder"), help="stage to run")
-    p.add_argument("--dataset", type=Path, required=True, help="dataset directory (episode_XXXXXX.npz)")
+    p.add_argument("stage", choices=(*STAGES, "all", "train-encoder", "import-encoder"), help="stage to run")
+    p.add_argument("--dataset", type=Path, default=None,
+                   help="dataset directory (episode_XXXXXX.npz); every stage but import-encoder needs it")
     p.add_argument("--run-dir", type=Path, default=Path("runs/extract"), help="artifacts, pictures, logs")
     p.add_argument("--out", type=Path, default=Path("models/extract_kitchen.pt"), help="skill checkpoint")
     p.add_argument("--force", action="store_true", help="re-run stages even if their artifacts are current")
@@ -62,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tcn-steps", type=int, default=300, help="train-encoder: optimiser steps")
     g.add_argument("--tcn-image-size", type=int, default=112, help="train-encoder: input side, px")
     g.add_argument("--tcn-batch-episodes", type=int, default=8, help="train-encoder: triples per step")
+    g.add_argument("--init-weights", type=Path, default=None,
+                   help="train-encoder: start from this encoder file (e.g. written by import-encoder)")
+    g.add_argument("--augment", action="store_true",
+                   help="train-encoder: trajectory-consistent crop + colour augmentation")
+    g.add_argument("--image-size", type=int, default=128,
+                   help="import-encoder: input side stored with the weights, px")
     g = p.add_argument_group("skill extraction")
     g.add_argument("--num-skills", type=int, default=8, help="K of K-means")
     g.add_argument("--median-kernel", type=int, default=7, help="label median filter, steps (odd)")
@@ -72,9 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=128, help="segments per step")
     g.add_argument("--latent-dim", type=int, default=5)
     g.add_argument("--hidden-dim", type=int, default=128)
-    g.add_argument("--beta", type=float, default=1e-3)
+    g.add_argument("--beta", type=float, default=1e-2,
+                   help="weight of the per-dim KL against the per-element reconstruction (mean reductions)")
+    g.add_argument("--mean-bound", type=float, default=2.0, help="|mean of q(z|a,d)| bound (official: 2)")
+    g.add_argument("--label-smoothing", type=float, default=0.1, help="skill-prior cross-entropy")
+    g.add_argument("--prior-floor", type=float, default=0.01, help="uniform mixture weight in p(d|s)")
+    g.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of whole episodes held out (model selection, prior temperature, report)")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--progress-threshold", type=float, default=0.9)
+    g.add_argument("--open-loop", action="store_true",
+                   help="decoder without the measured proprio input (default: closed loop)")
+    g.add_argument("--action-frame", choices=("skill_start", "measured"), default="skill_start",
+                   help="joint actions relative to the joints at the skill's start (errors do not integrate "
+                        "over a skill) or to the joints measured at each step")
     return p
 
 
@@ -154,7 +173,7 @@ def _load_embeddings(run: Path) -> dict[str, Any]:
         out: dict[str, Any] = {"episode_ids": z["episode_ids"].tolist(), "image_size": int(z["image_size"])}
         for key in ("emb", "proprio", "actions", "subtasks"):
             out[key] = [z[f"{key}_{i}"] for i in range(n)]
-        out["thumbs"] = [z[f"thumbs_{i}"] for i in range(min(n, NUM_THUMBNAIL_EPISODES))]
+        out["thumbs"] = [z[f"thumbs_{i}"] for i in range(min(n, NUM_THUMBNAIL_EPISODES)) if f"thumbs_{i}" in z.files]
     return out
 
 
@@ -239,10 +258,40 @@ def stage_segment(args: argparse.Namespace, cluster_hash: str) -> str:
         table = cluster_subtask_table(smoothed, data["subtasks"], cfg.num_skills)
         (args.run_dir / "cluster_vs_subtask.md").write_text(table)
         print(table)
-        plot_timeline(smoothed, segments, data["thumbs"], cfg.num_skills,
+        plot_timeline(smoothed, segments, data["thumbs"][:TIMELINE_EPISODES], cfg.num_skills,
                       args.run_dir / "segmentation_timeline.png")
+        plot_skill_gallery(segments, data["thumbs"], data["subtasks"], cfg.num_skills,
+                           args.run_dir / "skill_gallery.png")
 
     return _run_stage("segment", args, h, out, run)
+
+
+def load_training_data(run: Path, action_frame: str = "skill_start") -> dict[str, Any]:
+    """Segments of an ``extract`` run as :class:`SkillTrainingData` (obs at each segment's first frame, actions
+    in ``action_frame``), with the embedding normalisation, action bounds, K-means centres and encoder identity."""
+    from extract_skills.core.data.dataset import segment_labels
+    from extract_skills.core.skills.skill_model import SkillTrainingData, compute_action_bounds
+    data = _load_embeddings(run)
+    doc = json.loads((run / "segments.json").read_text())
+    with np.load(run / "embeddings.npz") as z:
+        enc_name, enc_sha = str(z["encoder_name"]), str(z["encoder_sha256"])
+    with np.load(run / "clusters.npz") as z:
+        centres = z["centres"]
+    all_emb = np.concatenate(data["emb"])
+    obs_mean = all_emb.mean(0)
+    obs_std = np.maximum(all_emb.std(0), 1e-3)  # floor: constant (dead) feature dims stay finite
+    segs = doc["segments"]
+    actions = [segment_labels(data["actions"][s["episode"]], data["proprio"][s["episode"]], s["start"], s["end"],
+                              action_frame) for s in segs]
+    obs = np.stack([np.concatenate([(data["emb"][s["episode"]][s["start"]] - obs_mean) / obs_std,
+                                    data["proprio"][s["episode"]][s["start"]]]) for s in segs])
+    low, high = compute_action_bounds(np.concatenate(actions))
+    states = [data["proprio"][s["episode"]][s["start"]:s["end"]] for s in segs]  # before each action
+    return {"data": SkillTrainingData(actions, np.array([s["label"] for s in segs]), obs.astype(np.float32),
+                                      np.array([s["episode"] for s in segs]), states),
+            "obs_mean": obs_mean, "obs_std": obs_std, "action_low": low, "action_high": high, "centres": centres,
+            "encoder_name": enc_name, "encoder_sha256": enc_sha, "extraction": doc["config"],
+            "image_size": data["image_size"], "num_segments": len(segs)}
 
 
 def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
@@ -250,35 +299,24 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
     from extract_skills.core.skills.encoders import embedding_dim
     from extract_skills.core.skills.skill_model import SkillModelConfig
     mcfg = SkillModelConfig(num_skills=args.num_skills, obs_dim=embedding_dim(args.encoder) + PROPRIO_DIM,
-                            latent_dim=args.latent_dim,
+                            latent_dim=args.latent_dim, mean_bound=args.mean_bound,
+                            label_smoothing=args.label_smoothing, prior_floor=args.prior_floor,
                             hidden_dim=args.hidden_dim, beta=args.beta, lr=args.lr,
                             max_segment_len=args.max_segment_len, progress_threshold=args.progress_threshold,
+                            closed_loop=not args.open_loop, action_frame=args.action_frame,
                             batch_size=args.batch_size, train_steps=args.train_steps, seed=args.seed)
-    h = _hash("train", segment_hash, asdict(mcfg), str(args.out.resolve()))
+    h = _hash("train", segment_hash, asdict(mcfg), args.val_fraction, str(args.out.resolve()))
 
     def run() -> None:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         from extract_skills.core.skills.checkpoint import save_skill_bundle
-        from extract_skills.core.skills.skill_model import SkillTrainingData, compute_action_bounds, train_skill_model
-        data = _load_embeddings(args.run_dir)
-        doc = json.loads((args.run_dir / "segments.json").read_text())
-        with np.load(args.run_dir / "embeddings.npz") as z:
-            enc_name, enc_sha = str(z["encoder_name"]), str(z["encoder_sha256"])
-        with np.load(args.run_dir / "clusters.npz") as z:
-            centres = z["centres"]
-        all_emb = np.concatenate(data["emb"])
-        obs_mean = all_emb.mean(0)
-        obs_std = np.maximum(all_emb.std(0), 1e-3)  # floor: constant (dead) feature dims stay finite
-        segs = doc["segments"]
-        actions = [data["actions"][s["episode"]][s["start"]:s["end"]] for s in segs]
-        obs = np.stack([np.concatenate([(data["emb"][s["episode"]][s["start"]] - obs_mean) / obs_std,
-                                        data["proprio"][s["episode"]][s["start"]]]) for s in segs])
-        labels = np.array([s["label"] for s in segs])
-        low, high = compute_action_bounds(np.concatenate(data["actions"]))
-        if obs.shape[1] != mcfg.obs_dim:
-            raise SystemExit(f"embeddings have {obs.shape[1] - PROPRIO_DIM} dims, encoder {args.encoder} "
+        from extract_skills.core.skills.skill_model import evaluate_skill_model, split_by_episode, train_skill_model
+        td = load_training_data(args.run_dir, mcfg.action_frame)
+        everything, low, high = td["data"], td["action_low"], td["action_high"]
+        if everything.obs.shape[1] != mcfg.obs_dim:
+            raise SystemExit(f"embeddings have {everything.obs.shape[1] - PROPRIO_DIM} dims, encoder {args.encoder} "
                              f"gives {mcfg.obs_dim - PROPRIO_DIM}; re-run embed")
         cfg = mcfg
         writer = SummaryWriter(str(args.run_dir / "tb"))
@@ -291,14 +329,24 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
                 for k, v in scalars.items():
                     writer.add_scalar(f"skill_model/{k}", v, step)
 
-        model, history = train_skill_model(SkillTrainingData(actions, labels, obs.astype(np.float32)), cfg,
-                                           low, high, callback=log)
+        train, val = split_by_episode(everything, args.val_fraction, args.seed)
+        print(f"[train] {len(train.labels)} training segments, {len(val.labels)} held-out segments from "
+              f"{len(np.unique(val.episodes))} whole episodes")
+        model, history = train_skill_model(train, cfg, low, high, callback=log, val=val)
         bar.close()
         writer.close()
-        save_skill_bundle(args.out, model, encoder_name=enc_name, encoder_sha256=enc_sha, centres=centres,
-                          obs_mean=obs_mean, obs_std=obs_std, action_low=low, action_high=high,
-                          config={"extraction": doc["config"], "dataset": str(args.dataset),
-                                  "encoder_image_size": data["image_size"], "num_segments": len(segs)})
+        metrics = {"train": evaluate_skill_model(model, train, low, high),
+                   "validation": evaluate_skill_model(model, val, low, high)}
+        report = skill_model_report(metrics)
+        (args.run_dir / "skill_model_report.md").write_text(report)
+        print(report)
+        save_skill_bundle(args.out, model, encoder_name=td["encoder_name"], encoder_sha256=td["encoder_sha256"],
+                          centres=td["centres"], obs_mean=td["obs_mean"], obs_std=td["obs_std"], action_low=low,
+                          action_high=high,
+                          config={"extraction": td["extraction"], "dataset": str(args.dataset),
+                                  "encoder_image_size": td["image_size"], "num_segments": td["num_segments"],
+                                  "validation": metrics["validation"], "train_metrics": metrics["train"],
+                                  "validation_episodes": sorted(int(e) for e in np.unique(val.episodes))})
         plot_curves(history, args.run_dir / "training_curves.png")
         print(f"[train] final losses: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
         print(f"[train] wrote {args.out}")
@@ -312,7 +360,8 @@ def stage_train_encoder(args: argparse.Namespace) -> None:
     from extract_skills.core.data.dataset import iter_dataset
     from extract_skills.core.skills.encoders import TCNConfig, train_tcn_encoder
     cfg = TCNConfig(name=args.encoder, image_size=args.tcn_image_size, steps=args.tcn_steps,
-                    batch_episodes=args.tcn_batch_episodes, seed=args.seed)
+                    batch_episodes=args.tcn_batch_episodes, seed=args.seed, augment=args.augment,
+                    init_weights=str(args.init_weights) if args.init_weights else None)
     frames = [ep.images for _, ep in iter_dataset(args.dataset)]
     if len(frames) < 2:
         raise SystemExit(f"train-encoder needs >= 2 episodes in {args.dataset}")
@@ -330,6 +379,26 @@ def stage_train_encoder(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------
 # Reports and pictures
 # --------------------------------------------------------------------------------------------------
+def skill_model_report(metrics: dict[str, dict[str, float]]) -> str:
+    """Markdown table of the skill model's measures on training and held-out episodes."""
+    rows = [("segments", "segments", "{:.0f}"),
+            ("free-running reconstruction (normalised MSE, posterior mean)", "recon_free", "{:.4f}"),
+            ("joint command error, mean abs (rad)", "joint_command_error_rad", "{:.4f}"),
+            ("gripper command error, mean abs (0..1)", "gripper_command_error", "{:.3f}"),
+            ("posterior std, mean", "posterior_std_mean", "{:.3f}"),
+            ("largest |posterior mean|", "posterior_abs_mean_max", "{:.2f}"),
+            ("argument prior KL(q || p) (nats)", "argument_prior_kl", "{:.2f}"),
+            ("skill prior accuracy", "prior_accuracy", "{:.3f}"),
+            ("skill prior NLL (nats)", "prior_nll", "{:.3f}"),
+            ("skill prior ECE (10 bins)", "prior_ece", "{:.3f}"),
+            ("smallest prior probability", "prior_min_prob", "{:.4f}"),
+            ("prior temperature (fitted on held-out)", "prior_temperature", "{:.2f}")]
+    lines = ["Skill model on training vs held-out episodes\n", "| measure | train | held-out |", "|---|---:|---:|"]
+    for name, key, fmt in rows:
+        lines.append(f"| {name} | {fmt.format(metrics['train'][key])} | {fmt.format(metrics['validation'][key])} |")
+    return "\n".join(lines) + "\n"
+
+
 def next_subtask_per_step(subtasks_done: np.ndarray) -> np.ndarray:
     """(N,) index of the subtask completed next after action step t (-1 when none is left)."""
     done = np.asarray(subtasks_done, bool)
@@ -414,6 +483,35 @@ def plot_timeline(smoothed: list[np.ndarray], segments: list, thumbs: list[np.nd
     plt.close(fig)
 
 
+def plot_skill_gallery(segments: list, thumbs: list[np.ndarray], subtasks: list[np.ndarray], num_skills: int,
+                       path: Path, per_skill: int = 6) -> None:
+    """One row per skill: example segments as (first frame | last frame) pairs, titled with what the physics
+    says that segment completed, so a person can see what each discrete skill does."""
+    from extract_skills.core.data.dataset import SUBTASK_NAMES
+    plt = _plt()
+    fig, axes = plt.subplots(num_skills, per_skill, figsize=(1.9 * per_skill, 1.25 * num_skills), squeeze=False)
+    for k in range(num_skills):
+        examples = [s for s in segments if s.label == k and s.episode < len(thumbs)]
+        step = max(len(examples) // per_skill, 1)
+        for j in range(per_skill):
+            ax = axes[k, j]
+            ax.axis("off")
+            if j * step >= len(examples):
+                continue
+            s = examples[j * step]
+            ax.imshow(np.concatenate([thumbs[s.episode][s.start], thumbs[s.episode][s.end]], axis=1))
+            done = subtasks[s.episode]
+            new = [SUBTASK_NAMES[i] for i in np.flatnonzero(done[s.end] & ~done[s.start])]
+            ax.set_title(", ".join(new) if new else "-", fontsize=6)
+        axes[k, 0].text(-8, 32, f"skill {k}\n({len([s for s in segments if s.label == k])} segs)",
+                        fontsize=7, ha="right", va="center")
+    fig.suptitle("Each skill: first | last frame of example segments (title: subtasks that segment completed)",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_curves(history: dict[str, list[float]], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(history), figsize=(3.2 * len(history), 2.8), squeeze=False)
@@ -435,7 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         import torch
         torch.set_num_threads(args.threads)
-    if not args.dataset.is_dir():
+    if args.stage == "import-encoder":
+        from extract_skills.core.skills.encoders import import_pretrained
+        path = import_pretrained(args.encoder, _weights_path(args), args.image_size)
+        print(f"[import-encoder] wrote {path} ({args.encoder}, pretrained weights from its installed package)")
+        return 0
+    if args.dataset is None or not args.dataset.is_dir():
         print(f"dataset directory not found: {args.dataset}", file=sys.stderr)
         return 2
     args.run_dir.mkdir(parents=True, exist_ok=True)

@@ -24,10 +24,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=128, help="square image side (px)")
     p.add_argument("--camera", default=None, choices=[None, "left_cap", "right_cap"], help="model camera (default: free camera)")
     p.add_argument("--slow-render", action="store_true", help="use the kitchen's full visual settings (shadows, MSAA)")
-    p.add_argument("--min-subtasks", type=int, default=2)
+    p.add_argument("--min-subtasks", type=int, default=1)
     p.add_argument("--max-subtasks", type=int, default=4)
     p.add_argument("--start-noise", type=float, default=0.08, help="joint noise on the start posture (+- rad)")
     p.add_argument("--only-successful", action="store_true", help="skip episodes where a subtask failed (default: write all; meta says which succeeded)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep episodes already in --out (episode i always uses seed + i) and generate the rest; "
+                        "not with --only-successful")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1:
         print("--episodes must be >= 1", file=sys.stderr)
         return 2
+    if args.resume and args.only_successful:
+        print("--resume needs one file per seed: it cannot be combined with --only-successful", file=sys.stderr)
+        return 2
     try:
         kcfg = KitchenConfig(image_size=args.image_size, fast_render=not args.slow_render, camera=args.camera)
         dcfg = DemoConfig(start_noise=args.start_noise, min_subtasks=args.min_subtasks, max_subtasks=args.max_subtasks)
@@ -91,8 +97,23 @@ def main(argv: list[str] | None = None) -> int:
     written, full_success, steps = 0, 0, 0
     t0 = time.monotonic()
     bar = tqdm(range(args.episodes), desc="episodes", unit="ep", disable=args.no_progress)
+    from extract_skills.core.data.dataset import episode_path, read_episode
     for i in bar:
         seed = args.seed + i
+        if args.resume and episode_path(args.out, i).is_file():
+            try:
+                episode = read_episode(episode_path(args.out, i))
+            except (ValueError, OSError) as exc:  # writes are atomic, but say so rather than crash
+                print(f"re-generating unreadable {episode_path(args.out, i)}: {exc}", file=sys.stderr)
+            else:
+                if episode.meta.get("seed") == seed and episode.commands is not None:
+                    written += 1
+                    full_success += int(episode.meta["success"])
+                    steps += episode.num_steps
+                    for name, ok in episode.meta["subtask_success"].items():
+                        attempts[name] += 1
+                        successes[name] += int(ok)
+                    continue
         seq = sample_task_sequence(np.random.default_rng(seed), dcfg, heldout)
         episode, results = demo.run_episode(seq, seed=seed)
         for name, ok in results.items():

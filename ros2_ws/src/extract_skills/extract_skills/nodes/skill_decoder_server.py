@@ -47,9 +47,6 @@ DEFAULTS = {
     "workspace_max": [0.85, 0.85, 1.2],
     "max_dynamics_factor": 0.3,
     "control_period_s": 0.08,  # s per decoder step
-    "progress_threshold": 0.9,  # decoder progress head value that ends a skill
-    "max_skill_steps": 40,  # hard cap of one skill's length
-    "argument_bound": 5.0,  # |z_i| beyond this is clipped (prior std units)
     "heartbeat_timeout_s": 0.5,  # s, policy heartbeat age that stops the arm (once a policy was seen)
     "state_max_age_s": 0.5,
     "publish_joint_states_hz": 25.0,  # franky/fake arms: this node publishes /joint_states
@@ -105,8 +102,6 @@ class SkillDecoderServer(Node):
         self.p = declare(self, DEFAULTS, {
             "arm": lambda v: None if v in ARMS else f"must be one of {ARMS}",
             "realtime": lambda v: None if v in ("enforce", "ignore") else "must be enforce or ignore",
-            "progress_threshold": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
-            "max_skill_steps": lambda v: None if v >= 1 else "must be >= 1",
             "control_period_s": lambda v: None if v >= 0 else "must be >= 0 s",
             "max_dynamics_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1] (refused at load)",
         })
@@ -119,8 +114,11 @@ class SkillDecoderServer(Node):
         kind = "fake" if p["use_fake_hardware"] else p["arm"]
         self.arm = self._make_arm(kind)
         self.arm.connect()
+        # Stop threshold, step cap and argument bound are properties of the trained decoder: read from the
+        # checkpoint, never duplicated here (a parameter could disagree with what the model learnt).
         self.executor_core = SkillExecutor(self.arm, self.limits, ExecutorConfig(
-            period_s=p["control_period_s"], max_steps=p["max_skill_steps"],
+            period_s=p["control_period_s"], max_steps=self.bundle.max_skill_steps,
+            action_frame=self.bundle.action_frame,
             heartbeat_timeout_s=p["heartbeat_timeout_s"], state_max_age_s=p["state_max_age_s"]))
         self.home_executor = SkillExecutor(self.arm, self.limits, ExecutorConfig(
             period_s=p["control_period_s"], max_steps=400, max_duration_s=120.0, state_max_age_s=p["state_max_age_s"]))
@@ -173,7 +171,7 @@ class SkillDecoderServer(Node):
     def _on_goal(self, goal: ExecuteSkill.Goal) -> GoalResponse:
         try:
             validate_goal(int(goal.skill_id), list(goal.argument), self.bundle.num_skills, self.bundle.meta.latent_dim,
-                          self.p["argument_bound"])
+                          self.bundle.argument_bound)
             check_dynamics_factor(goal.dynamics_factor, self.limits)
         except (GoalRejectedError, ValueError) as exc:
             self.get_logger().error(f"rejecting skill goal: {exc}")
@@ -190,13 +188,15 @@ class SkillDecoderServer(Node):
     def _execute(self, handle) -> ExecuteSkill.Result:
         goal = handle.request
         v = validate_goal(int(goal.skill_id), list(goal.argument), self.bundle.num_skills, self.bundle.meta.latent_dim,
-                          self.p["argument_bound"])
-        max_steps = min(goal.step_limit or self.p["max_skill_steps"], self.p["max_skill_steps"])
+                          self.bundle.argument_bound)
+        max_steps = min(goal.step_limit or self.bundle.max_skill_steps, self.bundle.max_skill_steps)
 
         gripper = {"cmd": float("nan")}
 
         def decoded():  # remembers the gripper target the safety function is about to see
-            for action, progress in self.bundle.rollout(v.skill_id, v.argument, max_steps, self.p["progress_threshold"]):
+            # a closed-loop decoder sees the arm state measured just before each step
+            for action, progress in self.bundle.rollout(v.skill_id, v.argument, max_steps,
+                                                        proprio_fn=lambda: self.arm.read_state().proprio()):
                 gripper["cmd"] = float(np.clip(action[-1], 0.0, 1.0)) if np.isfinite(action[-1]) else float("nan")
                 yield action, progress
 

@@ -5,8 +5,11 @@ callback calls :meth:`SkillExecutor.run` with the decoder's rollout iterator and
 to the goal handle, and turns the :class:`SkillResult` into the action result.
 
 Per step (in this order): cancel? -> preempted? -> heartbeat stale? -> deadline? -> step limit? ->
-next decoder output -> read arm state (age checked) -> q_target = q + dq -> check_command -> send
--> feedback -> wait for the next period (monotonic).
+next decoder output -> read arm state (age checked) -> q_target = q_ref + dq -> check_command -> send
+-> feedback -> wait for the next period (monotonic). ``q_ref`` is what the skill's actions are relative to
+(:attr:`ExecutorConfig.action_frame`): the joints measured now (``"measured"``), or the joints measured
+when the skill started (``"skill_start"``: an action is a joint target relative to the skill's start, so
+a decoder's per-step errors do not integrate into the arm's position over the skill).
 
 On every way out except SUCCEEDED the arm is stopped and the executor waits (bounded) until it is
 stationary: CANCELED is only reported once the arm stands still.
@@ -37,6 +40,7 @@ from .safety import NUM_JOINTS, SafetyLimits, UnsafeCommandError, check_command
 logger = logging.getLogger(__name__)
 
 ACTION_DIM = NUM_JOINTS + 1
+ACTION_FRAMES = ("measured", "skill_start")
 
 
 class GoalRejectedError(ValueError):
@@ -147,6 +151,8 @@ class ExecutorConfig:
     """s, how long to wait for the arm to become stationary after stop()."""
     stationary_poll_s: float = 0.01
     """s, polling interval while waiting for stationary."""
+    action_frame: str = "measured"
+    """What a decoded joint action is relative to: ``measured`` (now) or ``skill_start`` (the skill's start)."""
 
     def __post_init__(self) -> None:
         for name in ("period_s", "heartbeat_timeout_s", "max_duration_s", "state_max_age_s", "stop_timeout_s", "stationary_poll_s"):
@@ -158,6 +164,8 @@ class ExecutorConfig:
                 raise ValueError(f"ExecutorConfig.{name} must be > 0 s")
         if int(self.max_steps) != self.max_steps or self.max_steps < 1:
             raise ValueError(f"ExecutorConfig.max_steps must be a positive integer, got {self.max_steps}")
+        if self.action_frame not in ACTION_FRAMES:
+            raise ValueError(f"ExecutorConfig.action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}")
 
 
 DecoderOutput = tuple[Any, float]  # (action (8,) = [dq(7) rad/step, gripper in [0,1]], progress)
@@ -211,6 +219,7 @@ class SkillExecutor:
         cfg = self.config
         t_start = self.clock()
         steps = 0
+        q_start: np.ndarray | None = None  # joints measured at the skill's first step
         clipped = 0
         it = iter(actions)
         next_tick = t_start
@@ -246,7 +255,10 @@ class SkillExecutor:
                 if not age <= cfg.state_max_age_s:
                     raise _Exit(SkillStatus.ABORTED, Fault.STALE_STATE, f"arm state is {age:.3f} s old")
                 try:
-                    cmd = check_command(state.q, state.q + action[:NUM_JOINTS], action[NUM_JOINTS], self.limits)
+                    if q_start is None:
+                        q_start = np.array(state.q, dtype=np.float64)
+                    q_ref = q_start if cfg.action_frame == "skill_start" else state.q
+                    cmd = check_command(state.q, q_ref + action[:NUM_JOINTS], action[NUM_JOINTS], self.limits)
                 except UnsafeCommandError as exc:
                     raise _Exit(SkillStatus.ABORTED, Fault.UNSAFE, f"unsafe command refused: {exc}") from exc
                 if cmd.clipped:

@@ -18,15 +18,30 @@ key                 dtype      shape             meaning
 ``qvel``            float64    (N+1, 9)          their velocities (rad/s, m/s)
 ``subtasks_done``   bool       (N+1, 7)          completion flags in :data:`SUBTASK_NAMES` order,
                                                  measured in the physics (not from the commands)
-``env_actions``     float32    (N, 9)            raw env action applied after observation t
+``env_actions``     float64    (N, 9)            raw env action applied after observation t
                                                  (kitchen: normalised joint velocities in [-1, 1])
+``commands``        float64    (N, 8)            what the arm controller was told after observation t:
+                                                 joint position target (7, rad) + gripper target [0, 1]
+                                                 (format 2; absent in format 1 and in joint-state-only bags)
 ``stamps``          float64    (N+1,)            seconds since episode start
 ``meta``            str (0-d)  ()                JSON: task sequence, seed, success, source, ...
 ==================  =========  ================  =======================================================
 
 Derived views (DESIGN.md): :meth:`EpisodeData.proprio` ``(N+1, 8) = [q(7), gripper_opening]`` and
-:meth:`EpisodeData.skill_actions` ``(N, 8) = [q[t+1]-q[t] (7), opening[t+1]]`` with the kitchen
-gripper opening ``(qpos[7] + qpos[8]) / 0.08`` clipped to [0, 1].
+:meth:`EpisodeData.skill_actions` ``(N, 8) = [q_cmd[t] - q[t] (7), gripper_cmd[t]]``: the commanded
+joint target relative to the measured joints, and the commanded gripper target. That is exactly what
+the skill executor sends (``q_measured + dq``), so replaying the labels replays the commands. The kitchen
+gripper opening is ``(qpos[7] + qpos[8]) / 0.08`` clipped to [0, 1].
+
+Realised motion (``q[t+1] - q[t]``, measured opening) is *not* a command: under position control with
+gravity and contact the arm moves only ~0.4 of what it was told, and a closed gripper squeezing an object
+measures 0.2-0.4 open. Episodes without ``commands`` (format 1, bags with joint states only) fall back
+to realised motion with a warning, and :attr:`EpisodeData.action_labels` says which labels you got.
+
+Actions and commands are kept in float64 (files written before 2026-11-26 hold float32; they load the
+same): open-loop replay in the kitchen is chaotic, and float32 rounding (1e-8) of a 4-subtask demo's env
+actions made its replay diverge by 1.6 rad after 81 steps and complete 2 of 4 subtasks, where the float64
+actions replay it exactly (4 of 4).
 
 Episodes are written atomically (temporary file in the same directory, then :func:`os.replace`),
 so a reader never sees a half-written episode even while a generator is still running.
@@ -46,7 +61,10 @@ import numpy as np
 
 LOG = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-step commands (the skill-action labels)
+#: Formats this code reads; format 1 has no commands (labels fall back to realised motion, with a warning).
+READABLE_FORMATS = (1, 2)
+COMMAND_DIM = 8
 #: Kitchen subtask names, in the column order of ``subtasks_done``.
 SUBTASK_NAMES: tuple[str, ...] = (
     "microwave",
@@ -80,14 +98,17 @@ class EpisodeData:
     env_actions: np.ndarray
     stamps: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    commands: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.images = np.asarray(self.images, dtype=np.uint8)
         self.qpos = np.asarray(self.qpos, dtype=np.float64)
         self.qvel = np.asarray(self.qvel, dtype=np.float64)
         self.subtasks_done = np.asarray(self.subtasks_done, dtype=bool)
-        self.env_actions = np.asarray(self.env_actions, dtype=np.float32)
+        self.env_actions = np.asarray(self.env_actions, dtype=np.float64)
         self.stamps = np.asarray(self.stamps, dtype=np.float64)
+        if self.commands is not None:
+            self.commands = np.asarray(self.commands, dtype=np.float64)
         self.validate()
 
     @property
@@ -105,17 +126,26 @@ class EpisodeData:
             ("subtasks_done", self.subtasks_done.shape == (n1, len(SUBTASK_NAMES))),
             ("env_actions", self.env_actions.ndim == 2 and self.env_actions.shape[0] == n1 - 1),
             ("stamps", self.stamps.shape == (n1,)),
+            ("commands", self.commands is None or self.commands.shape == (n1 - 1, COMMAND_DIM)),
         ]
         for name, ok in checks:
             if not ok:
                 raise ValueError(
                     f"EpisodeData.{name} has a bad shape: images {self.images.shape}, qpos {self.qpos.shape}, "
                     f"qvel {self.qvel.shape}, subtasks_done {self.subtasks_done.shape}, "
-                    f"env_actions {self.env_actions.shape}, stamps {self.stamps.shape} "
+                    f"env_actions {self.env_actions.shape}, stamps {self.stamps.shape}, "
+                    f"commands {None if self.commands is None else self.commands.shape} "
                     "(expected N+1 observations, N actions)"
                 )
         if n1 < 1:
             raise ValueError("EpisodeData needs at least one observation")
+        if self.commands is not None and not np.all(np.isfinite(self.commands)):
+            raise ValueError("EpisodeData.commands contains NaN/Inf")
+
+    @property
+    def action_labels(self) -> str:
+        """``"commands"`` (labels are what the controller was told) or ``"realised_motion"`` (fallback)."""
+        return "commands" if self.commands is not None else "realised_motion"
 
     def gripper_opening(self) -> np.ndarray:
         """(N+1,) normalised opening in [0, 1]."""
@@ -126,9 +156,20 @@ class EpisodeData:
         return np.concatenate([self.qpos[:, :7], self.gripper_opening()[:, None]], axis=1).astype(np.float32)
 
     def skill_actions(self) -> np.ndarray:
-        """(N, 8) float32 ``[q[t+1,:7] - q[t,:7], opening[t+1]]`` (what the skill decoder emits)."""
+        """(N, 8) float64 skill-action labels (what the skill decoder emits and the executor sends).
+
+        With commands: ``[q_cmd[t] - q[t] (7), gripper_cmd[t]]``. Without (format 1, joint-state-only
+        bags): realised motion ``[q[t+1] - q[t], opening[t+1]]``, with a warning, since replaying those
+        under-drives the arm (see the module docstring).
+        """
+        if self.commands is not None:
+            dq = self.commands[:, :7].astype(np.float64) - self.qpos[:-1, :7]
+            return np.concatenate([dq, self.commands[:, 7:8]], axis=1)
+        LOG.warning("episode %s has no recorded commands: skill actions fall back to realised motion "
+                    "(q[t+1] - q[t]), which under-drives a position-controlled arm; record the command topic",
+                    self.meta.get("bag") or self.meta.get("seed", "?"))
         dq = self.qpos[1:, :7] - self.qpos[:-1, :7]
-        return np.concatenate([dq, self.gripper_opening()[1:, None]], axis=1).astype(np.float32)
+        return np.concatenate([dq, self.gripper_opening()[1:, None]], axis=1)
 
 
 def episode_path(directory: str | os.PathLike, index: int) -> Path:
@@ -155,6 +196,7 @@ def write_episode(directory: str | os.PathLike, index: int, episode: EpisodeData
                 env_actions=episode.env_actions,
                 stamps=episode.stamps,
                 meta=np.array(json.dumps(episode.meta, sort_keys=True)),
+                **({} if episode.commands is None else {"commands": episode.commands}),
             )
             fh.flush()
             os.fsync(fh.fileno())
@@ -182,6 +224,7 @@ def read_episode(path: str | os.PathLike) -> EpisodeData:
             env_actions=z["env_actions"],
             stamps=z["stamps"],
             meta=json.loads(str(z["meta"][()])),
+            commands=z["commands"] if "commands" in z.files else None,
         )
 
 
@@ -209,9 +252,28 @@ def write_dataset_info(directory: str | os.PathLike, info: dict[str, Any]) -> Pa
 
 
 def read_dataset_info(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read ``dataset.json``; refuses another format version with a ``ValueError``."""
+    """Read ``dataset.json``; refuses an unknown format version with a ``ValueError``."""
     path = Path(directory) / DATASET_JSON
     data = json.loads(path.read_text())
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {data.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+    if data.get("format_version") not in READABLE_FORMATS:
+        raise ValueError(f"{path}: format_version {data.get('format_version')!r}, this code reads {READABLE_FORMATS}")
+    if data["format_version"] < FORMAT_VERSION:
+        LOG.warning("%s: format %d has no recorded commands; skill-action labels fall back to realised motion "
+                    "(regenerate or re-convert the demos)", path, data["format_version"])
     return data
+
+
+def segment_labels(step_actions: np.ndarray, proprio: np.ndarray, start: int, end: int,
+                   frame: str = "measured") -> np.ndarray:
+    """Labels of one skill segment ``[start, end)`` in the skill decoder's action frame.
+
+    ``step_actions`` (N, 8) are :meth:`EpisodeData.skill_actions` (relative to the joints measured at each
+    step) and ``proprio`` (N+1, 8) :meth:`EpisodeData.proprio`. ``frame="skill_start"`` re-expresses the joint
+    targets relative to the joints measured at the segment's first step: ``q_cmd[t] - q[start]``, which the
+    executor turns back into exactly ``q_cmd[t]``."""
+    seg = np.array(step_actions[start:end], dtype=np.float64, copy=True)
+    if frame == "skill_start":
+        seg[:, :7] += proprio[start:end, :7] - proprio[start, :7]
+    elif frame != "measured":
+        raise ValueError(f"frame must be 'measured' or 'skill_start', got {frame!r}")
+    return seg

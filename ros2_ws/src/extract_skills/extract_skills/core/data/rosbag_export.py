@@ -6,14 +6,21 @@ Bag layout (written by :func:`export_episode`, read by :func:`bag_to_episode`):
 * ``/joint_states``      ``sensor_msgs/msg/JointState`` with 7 arm joints (rad) and 2 finger joints (m),
   names ``panda_joint1..7``, ``panda_finger_joint1..2`` (any ``<prefix>_joint<i>`` / ``<prefix>_finger_joint<i>``
   is accepted when reading, e.g. ``fr3_``)
+* ``/joint_commands``    ``sensor_msgs/msg/JointState``, what the arm controller was told: joint position
+  targets (rad) and finger targets (m, opening x 0.04 each), the same message the skill decoder publishes
+  to the sim. Command t is stamped just after image t; reading takes, for each step, the last command
+  stamped in [image t, image t+1) (the previous one is held when a step has none).
 * custom metadata ``extract_meta`` (JSON) and ``extract_subtasks_done`` (JSON list of flag rows) when
   exported from a sim episode.
 
 Reading pairs every image with the latest joint state at or before its stamp (the first image may
 use the first joint state). For bags without ``extract_*`` metadata (a real robot), the subtask flags
 are all ``False`` and the env actions are *derived* from consecutive joint positions, in the kitchen's
-action convention ``(q[t+1] - q[t]) / (ACTION_SCALE * dt)`` clipped to [-1, 1], so
-:meth:`EpisodeData.skill_actions` (what the learning pipeline uses) is exact either way.
+action convention ``(q[t+1] - q[t]) / (ACTION_SCALE * dt)`` clipped to [-1, 1].
+
+The skill-action labels come from the command topic. A bag without it (joint states only) still
+converts, but its labels fall back to realised motion, which under-drives a position-controlled arm: a
+warning says so and ``meta["action_labels"]`` records ``"realised_motion"``.
 
 Storage: MCAP via the pure-Python ``rosbags`` package (no ROS installation needed).
 """
@@ -34,6 +41,9 @@ LOG = logging.getLogger(__name__)
 
 IMAGE_TOPIC = "/camera/image_raw"
 JOINT_TOPIC = "/joint_states"
+COMMAND_TOPIC = "/joint_commands"
+COMMAND_DELAY_NS = 1_000_000  # a command is sent after the observation it answers
+FINGER_MAX = 0.04  # m, kitchen / Franka Hand finger travel (gripper opening 1.0 = 0.04 m per finger)
 JOINT_NAMES: tuple[str, ...] = tuple(f"panda_joint{i}" for i in range(1, 8)) + (
     "panda_finger_joint1",
     "panda_finger_joint2",
@@ -71,6 +81,8 @@ def export_episode(
     with Writer(bag_path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         img_conn = writer.add_connection(IMAGE_TOPIC, Image.__msgtype__, typestore=ts)
         js_conn = writer.add_connection(JOINT_TOPIC, JointState.__msgtype__, typestore=ts)
+        cmd_conn = (writer.add_connection(COMMAND_TOPIC, JointState.__msgtype__, typestore=ts)
+                    if episode.commands is not None else None)
         writer.set_custom_data("extract_meta", json.dumps(episode.meta, sort_keys=True))
         writer.set_custom_data("extract_subtasks_done", json.dumps(episode.subtasks_done.astype(int).tolist()))
         writer.set_custom_data("extract_env_actions", json.dumps(episode.env_actions.tolist()))
@@ -96,6 +108,17 @@ def export_episode(
                 data=np.ascontiguousarray(img).reshape(-1),
             )
             writer.write(img_conn, t_ns, ts.serialize_cdr(im, Image.__msgtype__))
+            if cmd_conn is not None and t < episode.num_steps:
+                c = episode.commands[t].astype(np.float64)
+                finger = c[7] * FINGER_MAX
+                cmd = JointState(
+                    header=Header(stamp=_stamp(ts, t_ns + COMMAND_DELAY_NS), frame_id="panda_link0"),
+                    name=list(JOINT_NAMES),
+                    position=np.concatenate([c[:7], [finger, finger]]),
+                    velocity=np.zeros(0, dtype=np.float64),
+                    effort=np.zeros(0, dtype=np.float64),
+                )
+                writer.write(cmd_conn, t_ns + COMMAND_DELAY_NS, ts.serialize_cdr(cmd, JointState.__msgtype__))
     LOG.info("exported %d observations to %s", episode.qpos.shape[0], bag_path)
     return bag_path
 
@@ -114,6 +137,38 @@ def _joint_order(names: list[str]) -> tuple[list[int], list[int]]:
     return [arm[k] for k in range(1, 8)], [fingers[k] for k in sorted(fingers)]
 
 
+def _joint_msg(msg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(9,) positions and (9,) velocities (7 arm joints + 2 fingers) of a JointState, arm joints in order."""
+    arm_idx, finger_idx = _joint_order(list(msg.name))
+    pos = np.asarray(msg.position, dtype=np.float64)
+    vel = np.asarray(msg.velocity, dtype=np.float64)
+    if vel.shape != pos.shape:
+        vel = np.zeros_like(pos)
+    if len(finger_idx) == 0:
+        fq, fv = np.zeros(2), np.zeros(2)
+    else:
+        fi = (finger_idx * 2)[:2]  # one finger reported: mirror it
+        fq, fv = pos[fi], vel[fi]
+    return np.concatenate([pos[arm_idx], fq]), np.concatenate([vel[arm_idx], fv])
+
+
+def _commands_per_step(image_stamps: list[int], commands: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """(N, 8) ``[q_target (7), gripper target]``: per step the last command in [image t, image t+1)."""
+    cmd_stamps = np.array([c[0] for c in commands])
+    out = np.zeros((len(image_stamps) - 1, 8), dtype=np.float64)
+    held: np.ndarray | None = None
+    for t in range(len(image_stamps) - 1):
+        k = int(np.searchsorted(cmd_stamps, image_stamps[t + 1], side="left")) - 1
+        if k >= 0 and cmd_stamps[k] >= image_stamps[t]:
+            pos = commands[k][1]
+            held = np.concatenate([pos[:7], [np.clip(pos[7:9].sum() / (2 * FINGER_MAX), 0.0, 1.0)]])
+        if held is None:  # no command yet: the controller was holding the measured posture
+            raise ValueError(f"no {COMMAND_TOPIC} message before image {t + 1}; trim the bag to start at the "
+                             "first command")
+        out[t] = held
+    return out
+
+
 def _image_to_rgb(msg: Any) -> np.ndarray:
     data = np.asarray(msg.data, dtype=np.uint8)
     if msg.encoding not in ("rgb8", "bgr8"):
@@ -127,34 +182,28 @@ def bag_to_episode(
     image_topic: str = IMAGE_TOPIC,
     joint_topic: str = JOINT_TOPIC,
     image_size: int | None = None,
+    command_topic: str = COMMAND_TOPIC,
 ) -> EpisodeData:
-    """Convert a bag of Image + JointState into :class:`EpisodeData` (see the module docstring)."""
+    """Convert a bag of Image + JointState (+ command JointState) into :class:`EpisodeData`."""
     from rosbags.rosbag2 import Reader
 
     ts = _typestore()
     images: list[tuple[int, np.ndarray]] = []
     joints: list[tuple[int, np.ndarray, np.ndarray]] = []
+    commands: list[tuple[int, np.ndarray]] = []
     with Reader(bag_path) as reader:
         # rosbag2 custom_data (metadata.yaml), absent in bags recorded on a robot.
         custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
-        conns = [c for c in reader.connections if c.topic in (image_topic, joint_topic)]
+        conns = [c for c in reader.connections if c.topic in (image_topic, joint_topic, command_topic)]
         for conn, _t, raw in reader.messages(connections=conns):
             msg = ts.deserialize_cdr(raw, conn.msgtype)
             t_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
             if conn.topic == image_topic:
                 images.append((t_ns, _image_to_rgb(msg)))
+            elif conn.topic == joint_topic:
+                joints.append((t_ns, *_joint_msg(msg)))
             else:
-                arm_idx, finger_idx = _joint_order(list(msg.name))
-                pos = np.asarray(msg.position, dtype=np.float64)
-                vel = np.asarray(msg.velocity, dtype=np.float64)
-                if vel.shape != pos.shape:
-                    vel = np.zeros_like(pos)
-                if len(finger_idx) == 0:
-                    fq, fv = np.zeros(2), np.zeros(2)
-                else:
-                    fi = (finger_idx * 2)[:2]  # one finger reported: mirror it
-                    fq, fv = pos[fi], vel[fi]
-                joints.append((t_ns, np.concatenate([pos[arm_idx], fq]), np.concatenate([vel[arm_idx], fv])))
+                commands.append((t_ns, _joint_msg(msg)[0]))
     if not images or not joints:
         raise ValueError(f"{bag_path}: need both {image_topic} ({len(images)} msgs) and {joint_topic} ({len(joints)} msgs)")
     images.sort(key=lambda x: x[0])
@@ -184,7 +233,7 @@ def bag_to_episode(
         if f.shape == flags.shape:
             flags = f
     if "extract_env_actions" in custom:
-        a = np.asarray(json.loads(custom["extract_env_actions"]), dtype=np.float32)
+        a = np.asarray(json.loads(custom["extract_env_actions"]), dtype=np.float64)
         if a.shape == (n1 - 1, 9):
             actions = a
     if actions is None:
@@ -193,6 +242,16 @@ def bag_to_episode(
         meta.setdefault("actions", "derived_from_joint_states")
     meta.setdefault("source", "rosbag2")
     meta["bag"] = str(bag_path)
+    cmds = None
+    if commands:
+        commands.sort(key=lambda x: x[0])
+        cmds = _commands_per_step(stamps, commands)
+        meta["action_labels"] = "commands"
+    else:
+        LOG.warning("%s has no %s messages (joint states only): skill-action labels fall back to realised "
+                    "motion, which under-drives a position-controlled arm; record the command topic",
+                    bag_path, command_topic)
+        meta["action_labels"] = "realised_motion"
     return EpisodeData(
         images=np.stack(imgs),
         qpos=qpos_a,
@@ -201,4 +260,5 @@ def bag_to_episode(
         env_actions=actions,
         stamps=stamps_s,
         meta=meta,
+        commands=cmds,
     )

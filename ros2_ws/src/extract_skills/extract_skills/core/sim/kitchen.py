@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from extract_skills.core.control.arm import ArmState
+from extract_skills.core.control.arm import Arm, ArmState
+from extract_skills.core.control.safety import CheckedCommand
 from extract_skills.core.data.dataset import SUBTASK_NAMES, gripper_opening
 
 LOG = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class KitchenObs:
 class StepResult:
     obs: KitchenObs
     reward: float  # number of subtasks of the task sequence newly completed in this step
-    action: np.ndarray  # float32 (9,) the env action actually applied (after clipping)
+    action: np.ndarray  # float64 (9,) the env action actually applied (after clipping)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -252,7 +253,7 @@ class KitchenSim:
         return StepResult(
             obs=obs,
             reward=float(len(new)),
-            action=action.astype(np.float32),
+            action=action,  # float64: replaying rounded actions diverges (see core/data/dataset.py)
             info={"new_completions": new, "truncated": bool(truncated)},
         )
 
@@ -309,8 +310,13 @@ class KitchenArm:
         scale = ACTION_SCALE * self.sim.dt  # position change per step for action 1.0
         cur = self.sim.data.qpos[:9]
         target = np.concatenate([q_target, [g * FINGER_MAX, g * FINGER_MAX]])
-        action = self.gain * (target - cur) / scale
-        return np.clip(action, self.sim.action_low, self.sim.action_high)
+        action = np.clip(self.gain * (target - cur) / scale, self.sim.action_low, self.sim.action_high)
+        # A target the safety function clipped to max_step_delta (= this action limit) comes back as
+        # q + 0.16 and divides to 1 - 1e-16, where the same command unclipped gives exactly 1. The kitchen's
+        # contact dynamics amplify that round-off into different outcomes (a replayed demo failed 2 of 3
+        # subtasks it otherwise completes), so a command at the limit up to round-off is at the limit.
+        at_limit = np.abs(np.abs(action) - 1.0) < 1e-9
+        return np.where(at_limit, np.sign(action), action)
 
     def step_to(self, q_target: np.ndarray, gripper_target: float) -> StepResult:
         """Move toward the joint target for one control step (``sim.dt``)."""
@@ -330,3 +336,41 @@ class KitchenArm:
                 break
             steps.append(self.step_to(hold_q, hold_g))
         return steps
+
+
+class KitchenExecutorArm(Arm):
+    """The kitchen's arm behind the :class:`~extract_skills.core.control.arm.Arm` interface, in-process.
+
+    Each ``send`` advances the physics by one control step (``sim.dt``) toward the checked command, so
+    :class:`~extract_skills.core.control.skill_executor.SkillExecutor` with ``period_s=0`` runs a skill
+    through exactly the path the decoder node uses (safety function included), without ROS. Every
+    :class:`StepResult` is passed to ``on_step`` (rewards, completions, recording).
+    """
+
+    stationary_tol = KitchenArm.STATIONARY_DQ
+
+    def __init__(self, sim: KitchenSim, on_step: Callable[[StepResult], None] | None = None) -> None:
+        self.kitchen = KitchenArm(sim)
+        self.on_step = on_step
+
+    def connect(self) -> None:
+        self.kitchen.connect()
+
+    def disconnect(self) -> None:
+        self.kitchen.disconnect()
+
+    def read_state(self) -> ArmState:
+        return self.kitchen.read_state()
+
+    def _send(self, cmd: CheckedCommand) -> None:
+        res = self.kitchen.step_to(cmd.q, cmd.gripper)
+        if self.on_step is not None:
+            self.on_step(res)
+
+    def stop(self) -> None:
+        for res in self.kitchen.stop():
+            if self.on_step is not None:
+                self.on_step(res)
+
+    def is_stationary(self) -> bool:
+        return self.kitchen.is_stationary()

@@ -60,7 +60,7 @@ class DemoConfig:
     """Uniform joint noise on the start posture, +- rad per joint."""
     waypoint_jitter: float = 0.005
     """Uniform jitter on waypoint positions, +- m per axis."""
-    min_subtasks: int = 2
+    min_subtasks: int = 1
     max_subtasks: int = 4
     max_step_m: float = 0.04
     """Largest Cartesian step asked of the IK per control step (m per 0.08 s)."""
@@ -211,6 +211,7 @@ class EpisodeRecorder:
     qvel: list = field(default_factory=list)
     flags: list = field(default_factory=list)
     actions: list = field(default_factory=list)
+    commands: list = field(default_factory=list)
     stamps: list = field(default_factory=list)
 
     def add_obs(self, obs: KitchenObs) -> None:
@@ -220,8 +221,10 @@ class EpisodeRecorder:
         self.flags.append(obs.subtasks_done)
         self.stamps.append(obs.stamp)
 
-    def add_step(self, res: StepResult) -> None:
+    def add_step(self, res: StepResult, q_target: np.ndarray, gripper_target: float) -> None:
+        """Record one control step: the command it was given, the env action applied, what followed."""
         self.actions.append(res.action)
+        self.commands.append(np.concatenate([np.asarray(q_target, np.float64), [gripper_target]]))
         self.add_obs(res.obs)
 
     def __len__(self) -> int:
@@ -241,6 +244,7 @@ class EpisodeRecorder:
             env_actions=np.stack(self.actions) if self.actions else np.zeros((0, 9), np.float32),
             stamps=np.asarray(self.stamps),
             meta=meta,
+            commands=np.stack(self.commands) if self.commands else np.zeros((0, 8), np.float32),
         )
 
 
@@ -260,7 +264,8 @@ class ScriptedDemo:
     # -- low level -------------------------------------------------------------------------
     def _step(self, q_target: np.ndarray, gripper: float) -> StepResult:
         res = self.arm.step_to(q_target, gripper)
-        self.rec.add_step(res)
+        # The label is the command (KitchenArm clips the gripper target to [0, 1]), not the motion it caused.
+        self.rec.add_step(res, q_target, float(np.clip(gripper, 0.0, 1.0)))
         return res
 
     def goto(self, wp: Waypoint, budget: list[int]) -> bool:

@@ -12,24 +12,27 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from extract_skills.core.data.atomic_io import atomic_torch_save
-from .skill_model import SkillModel, SkillModelConfig, denormalise_actions
+from .skill_model import SkillModel, SkillModelConfig, denormalise_actions, normalise_actions
 
 LOG = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: the skill decoder takes elapsed time as an input
+# 2: the skill decoder takes elapsed time as an input
+# 3: labels are commands; free-running decoder; bounded posterior mean and the goal argument bound;
+#    calibrated skill prior (temperature buffer, uniform floor); held-out metrics in config["validation"]
+SCHEMA_VERSION = 3
 CODE_VERSION = "0.1.0"
 PROPRIO_DIM = 8
 ACTION_DIM = 8
 NETWORKS = ("skill_encoder", "skill_decoder", "skill_prior", "argument_prior")
 #: fields a caller may pin in ``load_skill_bundle(path, expect=...)``
 EXPECTABLE = ("schema_version", "encoder_name", "encoder_sha256", "embed_dim", "proprio_dim", "action_dim",
-              "num_skills", "latent_dim", "action_low", "action_high")
+              "num_skills", "latent_dim", "argument_bound", "action_low", "action_high")
 
 
 class CheckpointMismatchError(ValueError):
@@ -62,6 +65,7 @@ class BundleMeta:
     action_dim: int
     num_skills: int
     latent_dim: int
+    argument_bound: float
 
 
 class SkillBundle:
@@ -100,10 +104,36 @@ class SkillBundle:
                              f"{self.meta.proprio_dim}), got {o.shape[1]}")
         return o
 
+    @property
+    def argument_bound(self) -> float:
+        """|z_i| a skill goal may carry (from the posterior-mean bound the model was trained with)."""
+        return float(self.meta.argument_bound)
+
+    @property
+    def progress_threshold(self) -> float:
+        """Decoder progress that ends a skill."""
+        return float(self.model_config.progress_threshold)
+
+    @property
+    def max_skill_steps(self) -> int:
+        """Longest skill the decoder was trained on: the step cap of one rollout."""
+        return int(self.model_config.max_segment_len)
+
     def skill_prior(self, obs: np.ndarray) -> np.ndarray:
-        """p(d | s) as probabilities (K,)."""
+        """Calibrated p(d | s) as probabilities (K,), each >= ``prior_floor / K``."""
         with torch.no_grad():
-            return torch.softmax(self.model.skill_prior(self._obs_tensor(obs)), -1)[0].numpy()
+            return self.model.skill_prior.probs(self._obs_tensor(obs))[0].numpy()
+
+    def posterior(self, actions: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """q(z | actions, d) as (mean (Z,), std (Z,)) for one segment of raw skill actions (L, 8)."""
+        self._check_skill(d)
+        a = torch.as_tensor(np.asarray(actions, np.float32))
+        if a.ndim != 2 or a.shape[1] != self.meta.action_dim or len(a) < 1:
+            raise ValueError(f"actions must have shape (L >= 1, {self.meta.action_dim}), got {tuple(a.shape)}")
+        a = normalise_actions(a, torch.as_tensor(self.action_low), torch.as_tensor(self.action_high))
+        with torch.no_grad():
+            mean, log_std = self.model.skill_encoder(a[None], torch.tensor([int(d)]), torch.tensor([len(a)]))
+        return mean[0].numpy(), torch.exp(log_std)[0].numpy()
 
     def argument_prior(self, obs: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
         """p(z | s, d) as (mean (Z,), std (Z,))."""
@@ -112,12 +142,24 @@ class SkillBundle:
             mean, log_std = self.model.argument_prior(self._obs_tensor(obs), torch.tensor([int(d)]))
         return mean[0].numpy(), torch.exp(log_std)[0].numpy()
 
+    @property
+    def action_frame(self) -> str:
+        """What decoded joint actions are relative to (``ExecutorConfig.action_frame``)."""
+        return str(self.model_config.action_frame)
+
+    @property
+    def closed_loop(self) -> bool:
+        """The decoder needs the measured proprio every step (``rollout(..., proprio_fn=...)``)."""
+        return bool(self.model_config.closed_loop)
+
     def rollout(self, d: int, z: np.ndarray, max_steps: int | None = None,
-                progress_threshold: float | None = None) -> Iterator[tuple[np.ndarray, float]]:
+                progress_threshold: float | None = None,
+                proprio_fn: Callable[[], np.ndarray] | None = None) -> Iterator[tuple[np.ndarray, float]]:
         """Decode skill ``d`` with argument ``z``: yields (action (8,) in raw units, progress), variable length.
 
         Stops after the first step whose progress >= ``progress_threshold`` or after ``max_steps``
-        (defaults: the training config's threshold and max segment length).
+        (defaults, and what the decoder node uses: the checkpoint's threshold and max segment length).
+        A closed-loop decoder calls ``proprio_fn()`` -> measured ``[q (7) rad, gripper opening]`` each step.
         """
         self._check_skill(d)
         zt = torch.as_tensor(np.asarray(z, np.float32)).reshape(-1)
@@ -126,7 +168,7 @@ class SkillBundle:
         steps = int(max_steps if max_steps is not None else self.model_config.max_segment_len)
         thr = float(progress_threshold if progress_threshold is not None else self.model_config.progress_threshold)
         low, high = torch.as_tensor(self.action_low), torch.as_tensor(self.action_high)
-        for action, progress in self.model.skill_decoder.rollout(zt, int(d), steps, thr):
+        for action, progress in self.model.skill_decoder.rollout(zt, int(d), steps, thr, proprio_fn):
             yield denormalise_actions(action, low, high).numpy().astype(np.float32), progress
 
     def _check_skill(self, d: int) -> None:
@@ -158,6 +200,7 @@ def save_skill_bundle(path: Path | str, model: SkillModel, *, encoder_name: str,
         "action_dim": int(cfg.action_dim),
         "num_skills": int(cfg.num_skills),
         "latent_dim": int(cfg.latent_dim),
+        "argument_bound": float(cfg.argument_bound),
         "kmeans_centres": torch.as_tensor(np.asarray(centres, np.float32)),
         "obs_mean": torch.as_tensor(np.asarray(obs_mean, np.float32)),
         "obs_std": torch.as_tensor(np.asarray(obs_std, np.float32)),
@@ -193,7 +236,8 @@ def load_skill_bundle(path: Path | str, expect: Mapping[str, Any] | None = None)
     if unknown:
         raise ValueError(f"unknown expect fields {sorted(unknown)}; valid: {', '.join(EXPECTABLE)}")
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in ("schema_version", "encoder_name", "num_skills", *NETWORKS) if k not in blob]
+    missing = [k for k in ("schema_version", "encoder_name", "num_skills", "argument_bound", *NETWORKS)
+               if k not in blob]
     if missing:
         raise CheckpointMismatchError(path, {k: ("present", "missing") for k in missing})
     diffs: dict[str, tuple[Any, Any]] = {}

