@@ -305,20 +305,31 @@ class FrankyArm(Arm):
 
         The mean over a window (position difference), not the instantaneous dq: joint velocities
         carry high-frequency chatter (franky-sim's joint 7 reports about 0.08 rad/s at a standstill),
-        which would keep a standing arm 'moving' forever."""
+        which would keep a standing arm 'moving' forever. The window is measured on the robot's own
+        clock (``RobotState.time``), not the wall clock: on a loaded host the state stream can stall, and
+        two equal stale samples over a wall-clock window reported a moving arm as stationary (a cancel
+        came back CANCELED while the arm still moved). No fresh state within a bound: not stationary."""
         robot = self._robot_or_raise()
         window = self.config.stationary_window_s
+        deadline = time.monotonic() + 10.0 * window + 0.5
         with self._errors("is_stationary"):
             if robot.is_in_control:
                 return False
-            q1 = np.array(robot.current_joint_state.position, dtype=np.float64)
-            t1 = time.monotonic()
-            time.sleep(window)
-            q2 = np.array(robot.current_joint_state.position, dtype=np.float64)
-            t2 = time.monotonic()
+            s1 = robot.state
+            while True:
+                time.sleep(window / 4)
+                s2 = robot.state
+                dt = s2.time.to_sec() - s1.time.to_sec()
+                if dt >= window:
+                    break
+                if time.monotonic() > deadline:
+                    logger.warning("robot state did not advance for %.2f s: cannot confirm a standstill",
+                                   time.monotonic() - deadline + 10.0 * window + 0.5)
+                    return False
             if robot.is_in_control:
                 return False
-        return bool(np.max(np.abs(q2 - q1)) / max(t2 - t1, 1e-6) <= self.stationary_tol)
+        q1, q2 = np.asarray(s1.q, dtype=np.float64), np.asarray(s2.q, dtype=np.float64)
+        return bool(np.max(np.abs(q2 - q1)) / dt <= self.stationary_tol)
 
     def recover_from_errors(self) -> bool:
         """Call after a classified ArmControlError only (never blindly before every command)."""
