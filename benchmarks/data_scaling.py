@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from extract_skills.cli.extract_pipeline import load_training_data
-    from extract_skills.core.skills.checkpoint import PROPRIO_DIM
     from extract_skills.core.skills.skill_model import SkillModelConfig, evaluate_skill_model, train_skill_model
     torch.set_num_threads(args.threads)
 
@@ -48,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
                            max_segment_len=int(td["extraction"]["max_segment_len"]), closed_loop=True,
                            action_frame="skill_start",
                            train_steps=args.train_steps, seed=args.seed)
-    assert cfg.obs_dim > PROPRIO_DIM
     rows = []
     t_all = time.monotonic()
     for n in sorted(args.sizes):

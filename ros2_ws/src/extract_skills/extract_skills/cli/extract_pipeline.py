@@ -168,13 +168,15 @@ def _extraction_config(args: argparse.Namespace):
                             seed=args.seed)
 
 
-def _load_embeddings(run: Path) -> dict[str, Any]:
+def _load_embeddings(run: Path, thumbs: bool = True) -> dict[str, Any]:
+    """What ``embed`` wrote; ``thumbs=False`` skips the thumbnails (only the pictures need them)."""
     with np.load(run / "embeddings.npz") as z:
         n = int(z["num_episodes"])
         out: dict[str, Any] = {"episode_ids": z["episode_ids"].tolist(), "image_size": int(z["image_size"])}
         for key in ("emb", "proprio", "actions", "subtasks"):
             out[key] = [z[f"{key}_{i}"] for i in range(n)]
-        out["thumbs"] = [z[f"thumbs_{i}"] for i in range(min(n, NUM_THUMBNAIL_EPISODES)) if f"thumbs_{i}" in z.files]
+        out["thumbs"] = [z[f"thumbs_{i}"] for i in range(min(n, NUM_THUMBNAIL_EPISODES))
+                         if thumbs and f"thumbs_{i}" in z.files]
     return out
 
 
@@ -272,7 +274,7 @@ def load_training_data(run: Path, action_frame: str = "skill_start") -> dict[str
     in ``action_frame``), with the embedding normalisation, action bounds, K-means centres and encoder identity."""
     from extract_skills.core.data.dataset import segment_labels
     from extract_skills.core.skills.skill_model import SkillTrainingData, compute_action_bounds
-    data = _load_embeddings(run)
+    data = _load_embeddings(run, thumbs=False)
     doc = json.loads((run / "segments.json").read_text())
     with np.load(run / "embeddings.npz") as z:
         enc_name, enc_sha = str(z["encoder_name"]), str(z["encoder_sha256"])

@@ -194,9 +194,9 @@ class SkillDecoderServer(Node):
         gripper = {"cmd": float("nan")}
 
         def decoded():  # remembers the gripper target the safety function is about to see
-            # a closed-loop decoder sees the arm state measured just before each step
+            # a closed-loop decoder sees the arm state the executor measured for this step
             for action, progress in self.bundle.rollout(v.skill_id, v.argument, max_steps,
-                                                        proprio_fn=lambda: self.arm.read_state().proprio()):
+                                                        proprio_fn=self.executor_core.proprio):
                 gripper["cmd"] = float(np.clip(action[-1], 0.0, 1.0)) if np.isfinite(action[-1]) else float("nan")
                 yield action, progress
 

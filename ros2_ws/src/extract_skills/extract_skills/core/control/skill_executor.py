@@ -5,7 +5,9 @@ callback calls :meth:`SkillExecutor.run` with the decoder's rollout iterator and
 to the goal handle, and turns the :class:`SkillResult` into the action result.
 
 Per step (in this order): cancel? -> preempted? -> heartbeat stale? -> deadline? -> step limit? ->
-next decoder output -> read arm state (age checked) -> q_target = q_ref + dq -> check_command -> send
+read arm state (age checked; kept in :attr:`SkillExecutor.state`, so a closed-loop decoder sees the same
+measurement instead of reading the arm a second time) -> next decoder output -> q_target = q_ref + dq ->
+check_command -> send
 -> feedback -> wait for the next period (monotonic). ``q_ref`` is what the skill's actions are relative to
 (:attr:`ExecutorConfig.action_frame`): the joints measured now (``"measured"``), or the joints measured
 when the skill started (``"skill_start"``: an action is a joint target relative to the skill's start, so
@@ -28,6 +30,7 @@ import numpy as np
 
 from .arm import (
     Arm,
+    ArmState,
     ArmCommandError,
     ArmControlError,
     ArmError,
@@ -195,6 +198,13 @@ class SkillExecutor:
         self.config = config or ExecutorConfig()
         self.clock = clock
         self.sleep = sleep
+        self.state: ArmState | None = None  # the arm state measured this step, before the decoder is asked
+
+    def proprio(self) -> np.ndarray:
+        """``[q, gripper]`` measured this step: the ``proprio_fn`` of a closed-loop decoder's rollout."""
+        if self.state is None:
+            raise RuntimeError("no arm state measured yet: proprio() is for decoders run by this executor")
+        return self.state.proprio()
 
     # ------------------------------------------------------------------------------------
     def run(
@@ -242,6 +252,10 @@ class SkillExecutor:
                     logger.info("skill reached the step limit (%d)", cfg.max_steps)
                     return self._finish(SkillStatus.SUCCEEDED, Fault.NONE, "", steps, clipped, truncated=True)
 
+                state = self.state = self.arm.read_state()
+                age = self.clock() - state.stamp
+                if not age <= cfg.state_max_age_s:
+                    raise _Exit(SkillStatus.ABORTED, Fault.STALE_STATE, f"arm state is {age:.3f} s old")
                 try:
                     out = next(it)
                 except StopIteration:
@@ -249,11 +263,6 @@ class SkillExecutor:
                 except Exception as exc:  # decoder crashed: the arm must still stop
                     raise _Exit(SkillStatus.ABORTED, Fault.DECODER, f"decoder raised {type(exc).__name__}: {exc}") from exc
                 action, progress = self._parse(out)
-
-                state = self.arm.read_state()
-                age = self.clock() - state.stamp
-                if not age <= cfg.state_max_age_s:
-                    raise _Exit(SkillStatus.ABORTED, Fault.STALE_STATE, f"arm state is {age:.3f} s old")
                 try:
                     if q_start is None:
                         q_start = np.array(state.q, dtype=np.float64)

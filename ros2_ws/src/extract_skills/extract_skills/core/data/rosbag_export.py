@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from extract_skills.core.data.dataset import SUBTASK_NAMES, EpisodeData
+from extract_skills.core.data.dataset import FINGER_SUM_OPEN, SUBTASK_NAMES, EpisodeData, gripper_opening
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ IMAGE_TOPIC = "/camera/image_raw"
 JOINT_TOPIC = "/joint_states"
 COMMAND_TOPIC = "/joint_commands"
 COMMAND_DELAY_NS = 1_000_000  # a command is sent after the observation it answers
-FINGER_MAX = 0.04  # m, kitchen / Franka Hand finger travel (gripper opening 1.0 = 0.04 m per finger)
+FINGER_MAX = FINGER_SUM_OPEN / 2  # m per finger at gripper opening 1.0
 JOINT_NAMES: tuple[str, ...] = tuple(f"panda_joint{i}" for i in range(1, 8)) + (
     "panda_finger_joint1",
     "panda_finger_joint2",
@@ -161,7 +161,7 @@ def _commands_per_step(image_stamps: list[int], commands: list[tuple[int, np.nda
         k = int(np.searchsorted(cmd_stamps, image_stamps[t + 1], side="left")) - 1
         if k >= 0 and cmd_stamps[k] >= image_stamps[t]:
             pos = commands[k][1]
-            held = np.concatenate([pos[:7], [np.clip(pos[7:9].sum() / (2 * FINGER_MAX), 0.0, 1.0)]])
+            held = np.concatenate([pos[:7], [gripper_opening(pos)]])
         if held is None:  # no command yet: the controller was holding the measured posture
             raise ValueError(f"no {COMMAND_TOPIC} message before image {t + 1}; trim the bag to start at the "
                              "first command")

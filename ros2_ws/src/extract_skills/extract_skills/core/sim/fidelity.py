@@ -67,9 +67,6 @@ class _Runner:
                                                                        max_duration_s=3600.0,
                                                                        action_frame=action_frame))
 
-    def proprio(self) -> np.ndarray:
-        return self.arm.read_state().proprio()
-
     def _count(self, res: StepResult) -> None:
         self.steps += 1
         self.result.qpos.append(res.obs.qpos)
@@ -119,7 +116,7 @@ def replay_posterior(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
     runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)
     for start, end, d in segments:
         z, _ = bundle.posterior(segment_labels(labels, episode.proprio(), start, end, bundle.action_frame), d)
-        runner.run(bundle.rollout(d, z, proprio_fn=runner.proprio))
+        runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio))
     return runner.finish()
 
 
@@ -142,7 +139,7 @@ def posterior_per_segment(sim: KitchenSim, episode: EpisodeData, segments: Itera
             runner.run((a, 0.0) for a in labels[:start])
         runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)
         z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d)
-        runner.run(bundle.rollout(d, z, proprio_fn=runner.proprio))
+        runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio))
         hit += int(np.all(sim.subtask_flags()[new]))
     return hit, total
 
@@ -161,7 +158,7 @@ def run_prior(sim: KitchenSim, episode: EpisodeData, bundle, encoder, step_budge
         d = int(np.argmax(bundle.skill_prior(obs)))
         z, _ = bundle.argument_prior(obs, d)
         left = budget - runner.steps
-        runner.run((a, p) for (a, p), _ in zip(bundle.rollout(d, z, proprio_fn=runner.proprio), range(left)))
+        runner.run((a, p) for (a, p), _ in zip(bundle.rollout(d, z, proprio_fn=runner.executor.proprio), range(left)))
         if runner.steps == 0:  # nothing moved (e.g. refused): do not spin forever
             break
     return runner.finish()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from extract_skills.core.data.atomic_io import atomic_torch_save
-from .skill_model import SkillModel, SkillModelConfig, denormalise_actions, normalise_actions
+from .skill_model import PROPRIO_DIM, SkillModel, SkillModelConfig, denormalise_actions, normalise_actions
 
 LOG = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ LOG = logging.getLogger(__name__)
 #    calibrated skill prior (temperature buffer, uniform floor); held-out metrics in config["validation"]
 SCHEMA_VERSION = 3
 CODE_VERSION = "0.1.0"
-PROPRIO_DIM = 8
 ACTION_DIM = 8
 NETWORKS = ("skill_encoder", "skill_decoder", "skill_prior", "argument_prior")
 #: fields a caller may pin in ``load_skill_bundle(path, expect=...)``
