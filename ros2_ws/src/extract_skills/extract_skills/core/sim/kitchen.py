@@ -54,6 +54,9 @@ class KitchenConfig:
     """Named model camera (``left_cap``, ``right_cap``) or ``None`` for the kitchen's default free camera."""
     render: bool = True
     """Render images at all (``False``: ``image`` is ``None``; physics-only runs)."""
+    image_every_step: bool = True
+    """Attach a rendered image to every observation; ``False``: ``image`` is ``None`` and callers ``render()``
+    when they need a frame (the RL harness renders only at skill boundaries)."""
     max_episode_steps: int = 1000
     """Upstream TimeLimit (steps of ``dt``); the demo generator enforces its own tighter limits."""
     robot_noise_ratio: float = 0.01
@@ -198,7 +201,7 @@ class KitchenSim:
 
     def observe(self) -> KitchenObs:
         obs = KitchenObs(
-            image=self.render() if self._renderer is not None else None,
+            image=self.render() if self._renderer is not None and self.config.image_every_step else None,
             qpos=self.data.qpos[:9].copy(),
             qvel=self.data.qvel[:9].copy(),
             subtasks_done=self.subtask_flags(),

@@ -1,0 +1,99 @@
+"""The kitchen as a skill-level environment, without ROS: the fast harness for training and benchmarks.
+
+One :meth:`SkillEnv.step` is one skill: the decoder's rollout for (d, z) runs through the same
+:class:`SkillExecutor` (safety function -> arm) the decoder node uses, on the in-process kitchen arm, capped by
+the episode's remaining low-level step budget. The camera is rendered and embedded only at skill boundaries
+(the decision frame, stamped after the previous skill ended), as the camera node's newest frame would be.
+Reward: +1 per subtask of the task first seen complete (the sim's physics detectors), summed over the skill.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import numpy as np
+
+from extract_skills.core.control.safety import SafetyLimits
+from extract_skills.core.control.skill_executor import ExecutorConfig, SkillExecutor, SkillStatus
+from extract_skills.core.rl.episode import EpisodeTracker
+from extract_skills.core.sim.fidelity import SIM_LIMITS
+from extract_skills.core.sim.kitchen import SUBTASK_NAMES, KitchenExecutorArm, KitchenSim, StepResult
+from extract_skills.core.sim.scripted_demos import REST_Q
+
+
+@dataclass(frozen=True)
+class SkillEnvConfig:
+    task: tuple[str, ...]  # subtasks rewarded (any order), e.g. a held-out task
+    episode_steps: int = 400  # low-level control steps (0.08 s each) per episode; then truncated
+    start_noise: float = 0.0  # rad, uniform per joint around the rest posture at reset
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise ValueError("task must name at least one subtask")
+        if self.episode_steps < 1 or self.start_noise < 0:
+            raise ValueError("episode_steps must be >= 1 and start_noise >= 0")
+
+
+@dataclass
+class SkillStep:
+    obs: np.ndarray  # next decision observation (embedding, proprio)
+    reward: float
+    terminated: bool  # every subtask of the task done
+    truncated: bool  # low-level budget spent
+    steps: int  # low-level steps the skill took
+    info: dict = field(default_factory=dict)
+
+
+class SkillEnv:
+    """``reset(seed) -> obs``; ``step(d, z) -> SkillStep``. Needs a rendering :class:`KitchenSim`."""
+
+    def __init__(self, sim: KitchenSim, bundle, encoder, config: SkillEnvConfig,
+                 limits: SafetyLimits = SIM_LIMITS) -> None:
+        self.sim, self.bundle, self.encoder, self.config = sim, bundle, encoder, config
+        self.env_steps = 0  # low-level steps over the env's lifetime (the benchmarks' x axis)
+        self._steps = 0
+        self.arm = KitchenExecutorArm(sim, on_step=self._on_step)
+        self.arm.connect()
+        # period 0: the arm steps the physics on every send; no heartbeat (no remote command source)
+        self.executor = SkillExecutor(self.arm, limits, ExecutorConfig(
+            period_s=0.0, max_steps=bundle.max_skill_steps, max_duration_s=3600.0, action_frame=bundle.action_frame))
+        self.tracker = EpisodeTracker(config.task)
+        self.frame: np.ndarray | None = None
+
+    def _on_step(self, res: StepResult) -> None:
+        self._steps += 1
+        self.env_steps += 1
+
+    def observe(self) -> np.ndarray:
+        self.frame = self.sim.render()
+        emb = self.encoder.embed_frames(self.frame[None], batch_size=1)[0]
+        state = self.arm.read_state()
+        return self.bundle.make_obs(emb, np.concatenate([state.q, [state.gripper]]))
+
+    def reset(self, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        q0 = REST_Q + rng.uniform(-1.0, 1.0, 7) * self.config.start_noise
+        self.sim.reset(seed=seed, task_sequence=self.config.task, arm_qpos=q0)
+        self.tracker = EpisodeTracker(self.config.task)
+        self._steps = 0
+        return self.observe()
+
+    @property
+    def steps_left(self) -> int:
+        return self.config.episode_steps - self._steps
+
+    def step(self, d: int, z: np.ndarray) -> SkillStep:
+        if self.steps_left <= 0:
+            raise RuntimeError("episode over: call reset()")
+        before = self._steps
+        left = self.steps_left
+        rollout = self.bundle.rollout(d, z, proprio_fn=self.executor.proprio)
+        res = self.executor.run(ap for ap, _ in zip(rollout, range(left)))
+        taken = self._steps - before
+        new = self.tracker.update(dict(zip(SUBTASK_NAMES, self.sim.subtask_flags())))
+        terminated = self.tracker.all_done
+        truncated = not terminated and self.steps_left <= 0
+        if taken == 0 and not terminated:
+            truncated = True  # the skill moved nothing (refused): end rather than spin
+        info = {"new": new, "status": res.status.value, "clipped": res.clipped_count,
+                "error": "" if res.status is SkillStatus.SUCCEEDED else res.error}
+        return SkillStep(self.observe(), float(len(new)), terminated, truncated, taken, info)
+
