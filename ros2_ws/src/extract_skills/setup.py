@@ -10,6 +10,7 @@ NODES = {
     "skill_policy_node": "extract_skills.nodes.skill_policy_node:main",
     "skill_decoder_server": "extract_skills.nodes.skill_decoder_server:main",
     "reward_reset_supervisor": "extract_skills.nodes.reward_reset_supervisor:main",
+    "skill_learner_node": "extract_skills.nodes.skill_learner_node:main",
     "kitchen_sim_node": "extract_skills.nodes.kitchen_sim_node:main",
     "run_graph": "extract_skills.nodes.run_graph:main",
 }

@@ -22,6 +22,8 @@ TOPICS = {
     "joint_commands": "/joint_commands",
     "episode_event": "/episode_event",
     "subtask_status": "/subtask_status",
+    "transitions": "/rl/transitions",
+    "policy_weights": "/rl/policy_weights",
 }
 ACTION_EXECUTE_SKILL = "/execute_skill"
 SERVICES = {
@@ -39,6 +41,8 @@ class NodeSpec:
     module: str  # python module holding the Node subclass and main()
     node_class: str
     modes: tuple[str, ...] = MODES
+    # (launch argument, value) pairs that must all hold for the node to run; empty = always runs.
+    only_if: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,20 @@ NODES: tuple[NodeSpec, ...] = (
              "SkillDecoderServer"),
     NodeSpec("reward_reset_supervisor", "reward_reset_supervisor", "extract_skills.nodes.reward_reset_supervisor",
              "RewardResetSupervisor"),
+    NodeSpec("skill_learner", "skill_learner_node", "extract_skills.nodes.skill_learner_node", "SkillLearnerNode",
+             only_if=(("learn", "true"), ("learner", "remote"))),
+)
+
+# Online fine-tuning switches, the same in both modes.
+_LEARNING_ARGS = (
+    LaunchArg("learn", "false", "Fine-tune the skill policy online from the supervisor's rewards (true/false)",
+              (("skill_policy", "learn"),)),
+    LaunchArg("learner", "local", "Where the learner trains: local (inside skill_policy) or remote (a skill_learner "
+              "node; transitions and weights over ROS topics)", (("skill_policy", "learner"),)),
+    LaunchArg("policy_checkpoint", "", "agent.pt of an online training run to act with (default: the offline priors)",
+              (("skill_policy", "policy_checkpoint"), ("skill_learner", "policy_checkpoint"))),
+    LaunchArg("run_dir", "runs/online", "Learner checkpoints, replay buffer and TensorBoard logs (resumed if present)",
+              (("skill_policy", "run_dir"), ("skill_learner", "run_dir"))),
 )
 
 PARAM_FILES = {"sim": "sim.yaml", "real": "real_robot.yaml"}
@@ -73,6 +91,7 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
                   (("kitchen_sim", "task"), ("reward_reset_supervisor", "task"))),
         LaunchArg("seed", "0", "Random seed of the sim and the policy",
                   (("kitchen_sim", "seed"), ("skill_policy", "seed"))),
+        *_LEARNING_ARGS,
     ),
     "real": (
         LaunchArg("robot_ip", "172.16.0.2", "IP address of the Franka control unit (FCI)",
@@ -87,14 +106,22 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
                   (("skill_decoder", "use_fake_hardware"),)),
         LaunchArg("num_episodes", "0", "Episodes to run before stopping (0 = until interrupted)",
                   (("reward_reset_supervisor", "num_episodes"),)),
+        *_LEARNING_ARGS,
     ),
 }
 
 
-def nodes_for(mode: str) -> tuple[NodeSpec, ...]:
+def nodes_for(mode: str, values: Mapping[str, str] | None = None) -> tuple[NodeSpec, ...]:
+    """Nodes of a mode; with launch-argument ``values`` (defaults filled in), only those whose
+    ``only_if`` holds (the launch files express the same with a condition)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    return tuple(n for n in NODES if mode in n.modes)
+    nodes = tuple(n for n in NODES if mode in n.modes)
+    if values is None:
+        return nodes
+    full = {a.name: a.default for a in LAUNCH_ARGS[mode]}
+    full.update({k: v for k, v in values.items() if v != ""})
+    return tuple(n for n in nodes if all(full.get(arg, "").lower() == want for arg, want in n.only_if))
 
 
 def package_root() -> Path:

@@ -13,9 +13,10 @@ def build_launch_description(mode: str):
     from ament_index_python.packages import get_package_share_directory
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+    from launch.conditions import IfCondition
     from launch.event_handlers import OnProcessExit
     from launch.events import Shutdown
-    from launch.substitutions import LaunchConfiguration
+    from launch.substitutions import LaunchConfiguration, PythonExpression
     from launch_ros.actions import Node
 
     share = Path(get_package_share_directory("extract_skills"))
@@ -25,7 +26,14 @@ def build_launch_description(mode: str):
     for spec in nodes_for(mode):
         overrides = {param: LaunchConfiguration(arg.name)
                      for arg in LAUNCH_ARGS[mode] for node, param in arg.targets if node == spec.name}
+        condition = None
+        if spec.only_if:  # e.g. the learner node: learn:=true learner:=remote
+            terms = []
+            for arg, want in spec.only_if:
+                terms += [" and " if terms else "", "'", LaunchConfiguration(arg), f"'.lower() == '{want}'"]
+            condition = IfCondition(PythonExpression(terms))
         node = Node(
+            condition=condition,
             package="extract_skills",
             executable=spec.executable,
             name=spec.name,

@@ -21,24 +21,33 @@ def test_every_node_has_an_entry_point_and_a_class():
         assert spec.node_class in {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
 
 
+def _declared(module: str) -> set[str]:
+    """Keys of a node module's DEFAULTS dict, read from the source (``**NAME`` entries from nodes/common.py)."""
+    mod = ast.parse((PKG / (module.replace(".", "/") + ".py")).read_text())
+    defaults = next(n for n in mod.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "DEFAULTS")
+    keys = {k.value for k in defaults.value.keys if k is not None}
+    common = ast.parse((PKG / "extract_skills/nodes/common.py").read_text())
+    for k, v in zip(defaults.value.keys, defaults.value.values):
+        if k is None:  # **SAC_DEFAULTS
+            d = next(n for n in common.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == v.id)
+            keys |= {kk.value for kk in d.value.keys}
+    return keys
+
+
 @pytest.mark.parametrize("mode", ["sim", "real"])
 def test_param_file_sections_match_nodes_and_declared_parameters(mode):
     data = yaml.safe_load(param_file(mode).read_text())
     names = {n.name for n in nodes_for(mode)}
     assert set(data) == names, "parameter file sections must be exactly the mode's nodes"
     for spec in nodes_for(mode):
-        mod = ast.parse((PKG / (spec.module.replace(".", "/") + ".py")).read_text())
-        defaults = next(n for n in mod.body if isinstance(n, ast.Assign) and n.targets[0].id == "DEFAULTS")
-        declared = {k.value for k in defaults.value.keys}
+        declared = _declared(spec.module)
         unknown = set(data[spec.name]["ros__parameters"]) - declared
         assert not unknown, f"{spec.name}: parameters in {param_file(mode).name} not declared in code: {unknown}"
     # every launch argument targets a declared parameter of a node in this mode
     for arg in LAUNCH_ARGS[mode]:
         for node, param in arg.targets:
             assert node in names
-            mod = ast.parse((PKG / (next(s for s in NODES if s.name == node).module.replace(".", "/") + ".py")).read_text())
-            defaults = next(n for n in mod.body if isinstance(n, ast.Assign) and n.targets[0].id == "DEFAULTS")
-            assert param in {k.value for k in defaults.value.keys}, (arg.name, node, param)
+            assert param in _declared(next(s for s in NODES if s.name == node).module), (arg.name, node, param)
 
 
 def test_overrides_reject_unknown_arguments():
@@ -55,7 +64,11 @@ def test_runner_reads_the_same_description():
     params = node_parameters("sim", {"num_episodes": "1", "task": "kettle"})
     assert params["reward_reset_supervisor"]["num_episodes"] == 1  # typed like launch_ros does
     assert params["kitchen_sim"]["task"] == "kettle" and params["reward_reset_supervisor"]["task"] == "kettle"
-    assert set(params) == {n.name for n in nodes_for("sim")}
+    assert set(params) == {n.name for n in nodes_for("sim")} - {"skill_learner"}  # learner only on request
+    remote = node_parameters("sim", {"learn": "true", "learner": "remote", "run_dir": "/tmp/x"})
+    assert "skill_learner" in remote and remote["skill_policy"]["learn"] is True
+    assert remote["skill_learner"]["run_dir"] == remote["skill_policy"]["run_dir"] == "/tmp/x"
+    assert "skill_learner" not in node_parameters("real", {"learn": "true", "learner": "local"})
 
 
 @pytest.mark.parametrize("launch_file,mode", [("sim.launch.py", "sim"), ("real_robot.launch.py", "real")])

@@ -8,6 +8,7 @@ import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import Image, JointState
 
@@ -146,3 +147,48 @@ class Monotonic:
 
     def age(self) -> float:
         return time.monotonic() - self.t
+
+
+# ------------------------------------------------------------------------------ online RL plumbing
+#: Hyperparameters of the hybrid skill SAC a node exposes (the rest keep SkillSACConfig's defaults).
+SAC_DEFAULTS = {
+    "batch_size": 256,  # transitions per gradient step
+    "learning_starts": 256,  # transitions before the first gradient step
+    "utd": 1.0,  # gradient steps per transition
+    "gamma": 0.99,  # discount per skill
+    "alpha_z": 0.01,  # weight of KL(pi(z|s,d) || p(z|s,d))
+    "alpha_d": 0.1,  # weight of KL(pi(d|s) || p(d|s))
+    "auto_alpha": False,  # tune both alphas towards target divergences
+}
+
+# The newest weights wait for a late-joining (or restarted) actor; reliable so no update is half-lost.
+WEIGHTS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         history=HistoryPolicy.KEEP_LAST)
+
+
+def sac_config(params: dict[str, Any]):
+    from extract_skills.core.rl.skill_sac import SkillSACConfig
+
+    return SkillSACConfig(**{k: params[k] for k in SAC_DEFAULTS})
+
+
+def transition_msg(t: dict[str, Any], stamp) -> "SkillTransition":
+    from extract_msgs.msg import SkillTransition
+
+    msg = SkillTransition()
+    msg.header.stamp = stamp
+    msg.episode_id, msg.skill_id, msg.steps = int(t["episode_id"]), int(t["skill"]), int(t["steps"])
+    msg.obs, msg.next_obs = [float(x) for x in t["obs"]], [float(x) for x in t["next_obs"]]
+    msg.argument = [float(x) for x in t["z"]]
+    msg.reward, msg.log_prob = float(t["reward"]), float(t["log_prob"])
+    msg.terminated, msg.truncated, msg.intervention = bool(t["terminated"]), bool(t["truncated"]), bool(t["intervention"])
+    msg.policy_version = int(t["policy_version"])
+    return msg
+
+
+def transition_from_msg(msg) -> dict[str, Any]:
+    """The replay-buffer fields of a SkillTransition (the buffer checks shapes and finiteness)."""
+    return {"obs": np.asarray(msg.obs, np.float32), "skill": int(msg.skill_id), "z": np.asarray(msg.argument, np.float32),
+            "reward": float(msg.reward), "next_obs": np.asarray(msg.next_obs, np.float32),
+            "terminated": bool(msg.terminated), "truncated": bool(msg.truncated), "steps": int(msg.steps),
+            "log_prob": float(msg.log_prob), "intervention": bool(msg.intervention)}

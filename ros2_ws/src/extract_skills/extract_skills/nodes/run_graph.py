@@ -38,7 +38,7 @@ def node_parameters(mode: str, values: dict[str, str], param_path: Path | None =
     data = yaml.safe_load(path.read_text()) or {}
     params = {}
     overrides = overrides_for(mode, values)
-    for spec in nodes_for(mode):
+    for spec in nodes_for(mode, values):
         p = dict((data.get(spec.name) or {}).get("ros__parameters") or {})
         for k, v in overrides.get(spec.name, {}).items():
             p[k] = yaml.safe_load(v) if v != "" else v
@@ -54,9 +54,10 @@ def build_nodes(mode: str, params: dict[str, dict], context=None):
     # Import every node module before constructing any node: the kitchen node starts its physics
     # thread in its constructor, and loading torch's native libraries while MuJoCo/OSMesa runs in
     # another thread crashed the process (SIGSEGV, seen here).
-    classes = [getattr(importlib.import_module(spec.module), spec.node_class) for spec in nodes_for(mode)]
+    specs = [spec for spec in nodes_for(mode) if spec.name in params]  # params holds the enabled nodes
+    classes = [getattr(importlib.import_module(spec.module), spec.node_class) for spec in specs]
     nodes = []
-    for spec, cls in zip(nodes_for(mode), classes):
+    for spec, cls in zip(specs, classes):
         overrides = [Parameter(k, value=v) for k, v in params[spec.name].items()]
         nodes.append(cls(parameter_overrides=overrides, context=context))
     return nodes

@@ -1,27 +1,45 @@
 """Skill policy node: observation (embedding + joint state) -> (skill id d, argument z) -> ExecuteSkill goal.
 
-Until the online-RL learner lands, (d, z) are sampled from the offline priors p(d|s), p(z|s,d) of
-the skill checkpoint (SkillCommand.POLICY_PRIOR). A goal is only sent on a fresh, finite, time-
-aligned observation while an episode runs; one goal at a time. A heartbeat lets the decoder stop
-the arm if this process dies.
+Who chooses (d, z):
+* no ``policy_checkpoint`` and ``learn`` false: samples of the offline priors p(d|s), p(z|s,d)
+  (SkillCommand.POLICY_PRIOR);
+* otherwise the online hybrid skill SAC policy (SkillCommand.POLICY_LEARNED), started from the priors or
+  from ``policy_checkpoint`` (a training run's ``agent.pt``). With ``learn`` true it fine-tunes: every skill
+  becomes a transition (decision observation, d, z, the supervisor's rewards while it ran, the next
+  decision's observation, terminated/truncated from the episode events). ``learner: local`` trains in this
+  node (checkpoints, replay buffer and TensorBoard under ``run_dir``; resumes after a restart);
+  ``learner: remote`` publishes the transitions and loads the weights a ``skill_learner`` node publishes.
+  New weights are swapped in between skills, never during one.
+
+A goal is only sent on a fresh, finite, time-aligned observation stamped after the previous skill ended,
+while an episode runs; one goal at a time. A heartbeat lets the decoder stop the arm if this process dies.
 """
 from __future__ import annotations
 
 import math
 import threading
+from pathlib import Path
 
 import numpy as np
+import torch
 from extract_msgs.action import ExecuteSkill
-from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding
+from extract_msgs.msg import EpisodeEvent, PolicyWeights, SkillCommand, SkillEmbedding, SkillTransition
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.time import Time
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
 
+from extract_skills.core.rl.actor import (PolicyWeightsError, TransitionAssembler, decode_policy_state,
+                                          replay_fields)
+from extract_skills.core.rl.skill_sac import HybridSkillSAC
+from extract_skills.core.rl.trainer import Learner, load_policy
 from extract_skills.core.skills.deployment import load_deployment_bundle
+from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.graph import ACTION_EXECUTE_SKILL, TOPICS
-from extract_skills.nodes.common import Monotonic, declare, models_dir, parse_joint_state, run_node, stamp_to_s
+from extract_skills.nodes.common import (Monotonic, declare, models_dir, parse_joint_state, run_node, sac_config,
+                                         SAC_DEFAULTS, stamp_to_s, transition_msg, WEIGHTS_QOS)
 
 HEARTBEAT_TOPIC = "/skill_policy/heartbeat"
 
@@ -36,6 +54,12 @@ DEFAULTS = {
     "heartbeat_hz": 10.0,  # Hz; the decoder's heartbeat_timeout_s must span a few periods
     "act_hz": 20.0,  # Hz, how often the policy checks whether it can send the next goal
     "act_without_episode": False,  # True: act without a supervisor's START (manual testing)
+    "policy_checkpoint": "",  # agent.pt of a training run to act with; "" = start from the priors
+    "learn": False,  # fine-tune the policy online from the supervisor's rewards
+    "learner": "local",  # local: train in this node; remote: send transitions to a skill_learner node
+    "run_dir": "runs/online",  # local learner: checkpoints, replay buffer, TensorBoard (resumed if present)
+    "checkpoint_every": 5,  # episodes between local checkpoints
+    **SAC_DEFAULTS,
 }
 
 
@@ -47,9 +71,15 @@ class SkillPolicyNode(Node):
             "dynamics_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
             "heartbeat_hz": lambda v: None if v > 0 else "must be > 0 Hz",
             "act_hz": lambda v: None if v > 0 else "must be > 0 Hz",
+            "learner": lambda v: None if v in ("local", "remote") else "must be local or remote",
+            "checkpoint_every": lambda v: None if v >= 1 else "must be >= 1",
         })
-        self.bundle = load_deployment_bundle(models_dir(self.p["models_dir"]) / self.p["checkpoint"])
+        ckpt = models_dir(self.p["models_dir"]) / self.p["checkpoint"]
+        self.bundle = load_deployment_bundle(ckpt)
         self.rng = np.random.default_rng(self.p["seed"])
+        self._torch_gen = torch.Generator().manual_seed(int(self.p["seed"]))
+        self.skill_sha256 = file_sha256(ckpt)
+        self._setup_policy()
         self.embedding = Monotonic()
         self.joints = Monotonic()
         self.episode_id = 0
@@ -57,7 +87,11 @@ class SkillPolicyNode(Node):
         self._goal_lock = threading.Lock()
         self._in_flight = False
         self._goal_handle = None
-        self.counters = {"goals": 0, "succeeded": 0, "failed": 0, "refused_obs": 0}
+        self.counters = {"goals": 0, "succeeded": 0, "failed": 0, "refused_obs": 0, "transitions": 0,
+                         "weights_loaded": 0, "weights_refused": 0}
+        self._skill_ended_at: Time | None = None  # the next decision needs a frame stamped after this
+        self.assembler = TransitionAssembler()
+        self._episode_return = 0.0
         group = ReentrantCallbackGroup()
         self.pub_cmd = self.create_publisher(SkillCommand, TOPICS["skill_command"], 10)
         self.pub_hb = self.create_publisher(Header, HEARTBEAT_TOPIC, 10)
@@ -69,6 +103,90 @@ class SkillPolicyNode(Node):
         # Poll rather than act inside the embedding callback: acting there (graph queries, goal
         # sends) starved the other callbacks of rclpy's executor on 2 cores (seen: 2 s old inputs).
         self.create_timer(1.0 / self.p["act_hz"], self._maybe_act, callback_group=group)
+        if self.p["learn"] and self.p["learner"] == "remote":
+            self.pub_transition = self.create_publisher(SkillTransition, TOPICS["transitions"], 100)
+            self.create_subscription(PolicyWeights, TOPICS["policy_weights"], self._on_weights, WEIGHTS_QOS,
+                                     callback_group=group)
+
+    # -------------------------------------------------------------------------- policy and learner
+    def _setup_policy(self) -> None:
+        self.agent: HybridSkillSAC | None = None
+        self.learner: Learner | None = None
+        self.policy_version = 0
+        self._pending_weights = None
+        self._agent_lock = threading.Lock()  # acting and local updates run on different executor threads
+        self._tb = None
+        if not (self.p["learn"] or self.p["policy_checkpoint"]):
+            return
+        self.agent = HybridSkillSAC(self.bundle.model, self.bundle.argument_bound, sac_config(self.p))
+        resumed = None
+        if self.p["learn"] and self.p["learner"] == "local":
+            run_dir = Path(self.p["run_dir"])
+            self.learner = Learner(self.agent, run_dir, seed=self.p["seed"], skill_checkpoint_sha256=self.skill_sha256)
+            resumed = self.learner.resume()
+            if resumed is not None:
+                self.policy_version = self.agent.updates
+                self.get_logger().info(f"resumed the online learner from {run_dir}: {self.learner.counters.episodes} "
+                                       f"episodes, {self.agent.updates} updates, {len(self.learner.buffer)} transitions")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tb"))
+        if resumed is None and self.p["policy_checkpoint"]:
+            self.policy_version = load_policy(self.p["policy_checkpoint"], self.agent, self.skill_sha256)
+            self.get_logger().info(f"policy from {self.p['policy_checkpoint']} ({self.policy_version} updates)")
+
+    def _on_weights(self, msg: PolicyWeights) -> None:
+        """Remote learner's weights: checked here, swapped in before the next decision."""
+        try:
+            if msg.skill_checkpoint_sha256 != self.skill_sha256:
+                raise PolicyWeightsError(f"weights belong to skill checkpoint {msg.skill_checkpoint_sha256[:12]}..., "
+                                         f"this node acts through {self.skill_sha256[:12]}...")
+            state = decode_policy_state(bytes(msg.data), msg.sha256, self.agent.policy_state())
+        except PolicyWeightsError as e:
+            self.counters["weights_refused"] += 1
+            self.get_logger().error(f"refused policy weights v{msg.version}: {e}")
+            return
+        with self._agent_lock:
+            if msg.version > self.policy_version:
+                self._pending_weights = (int(msg.version), state)
+
+    def _emit(self, transition: dict | None) -> None:
+        if transition is None:
+            return
+        self.counters["transitions"] += 1
+        if self.learner is not None:
+            with self._agent_lock:
+                self.learner.observe(**replay_fields(transition))
+                self.learner.counters.env_steps += int(transition["steps"])
+                self.policy_version = self.agent.updates
+        elif self.p["learn"]:
+            self.pub_transition.publish(transition_msg(transition, self.get_clock().now().to_msg()))
+
+    def _episode_over(self, msg: EpisodeEvent) -> None:
+        terminated = msg.event in (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE)
+        obs = self.observation(quiet=True) if self.agent is not None else None
+        self._emit(self.assembler.end_episode(msg.episode_id, obs, terminated))
+        if self.learner is None:
+            return
+        with self._agent_lock:
+            c = self.learner.counters
+            c.episodes += 1
+            if self._tb is not None:
+                self._tb.add_scalar("episode/return", msg.episode_return, c.episodes)
+                for k, v in self.learner.last_info.items():
+                    self._tb.add_scalar(f"train/{k}", v, c.episodes)
+                self._tb.flush()
+            if c.episodes % self.p["checkpoint_every"] == 0:
+                path = self.learner.checkpoint({"skill_checkpoint": self.p["checkpoint"]})
+                self.get_logger().info(f"checkpoint {path} after {c.episodes} episodes ({self.agent.updates} updates)")
+
+    def close(self) -> None:
+        """Keep what was learnt: a last checkpoint when the graph shuts down."""
+        if self.learner is not None:
+            with self._agent_lock:
+                self.learner.checkpoint({"skill_checkpoint": self.p["checkpoint"]})
+        if self._tb is not None:
+            self._tb.close()
 
     # -------------------------------------------------------------------------- inputs
     def _on_embedding(self, msg: SkillEmbedding) -> None:
@@ -80,11 +198,15 @@ class SkillPolicyNode(Node):
     def _on_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.START:
             self.episode_id, self.active = msg.episode_id, True
+        elif msg.event == EpisodeEvent.REWARD:
+            if not self.assembler.reward(msg.episode_id, msg.reward, intervention=msg.detail.startswith("operator")):
+                self.get_logger().warning(f"reward of episode {msg.episode_id} arrived with no skill of it open; dropped")
         elif msg.event in (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE, EpisodeEvent.TRUNCATED, EpisodeEvent.NEEDS_HUMAN):
             self.active = False
             handle = self._goal_handle
             if handle is not None:
                 handle.cancel_goal_async()
+            self._episode_over(msg)
 
     def _heartbeat(self) -> None:
         hb = Header()
@@ -93,11 +215,14 @@ class SkillPolicyNode(Node):
         self.pub_hb.publish(hb)
 
     # -------------------------------------------------------------------------- acting
-    def observation(self) -> np.ndarray | None:
+    def observation(self, quiet: bool = False) -> np.ndarray | None:
         """The policy input, or None (with a reason logged) when it must not be acted on."""
         emb, js = self.embedding.value, self.joints.value
         if emb is None or js is None:
             return None
+        ended = self._skill_ended_at
+        if ended is not None and Time.from_msg(emb.header.stamp) < ended:
+            return None  # the frame shows the arm before the last skill ended: wait for a newer one
         reason = None
         if self.embedding.age() > self.p["max_obs_age_s"] or self.joints.age() > self.p["max_obs_age_s"]:
             reason = f"stale observation (embedding {self.embedding.age():.2f} s, joints {self.joints.age():.2f} s)"
@@ -112,12 +237,22 @@ class SkillPolicyNode(Node):
                 return self.bundle.make_obs(e, np.concatenate([q_dq_g[0], [gripper]]))
             except ValueError as exc:
                 reason = str(exc)
+        if quiet:
+            return None
         self.counters["refused_obs"] += 1
         self.get_logger().warning(f"not acting: {reason}", throttle_duration_sec=2.0)
         return None
 
     def choose(self, obs: np.ndarray) -> tuple[int, np.ndarray, float]:
-        """Sample d ~ p(d|s), z ~ p(z|s,d); returns (d, z, log p(d, z))."""
+        """(d, z, log-probability) from the online policy, or sampled from the priors when there is none."""
+        if self.agent is not None:
+            with self._agent_lock:
+                if self._pending_weights is not None:  # between skills: the only place weights change
+                    version, state = self._pending_weights
+                    self.agent.load_policy_state(state)
+                    self.policy_version, self._pending_weights = version, None
+                    self.counters["weights_loaded"] += 1
+                return self.agent.act(obs, generator=self._torch_gen)
         probs = self.bundle.skill_prior(obs)
         d = int(self.rng.choice(len(probs), p=probs / probs.sum()))
         mean, std = self.bundle.argument_prior(obs, d)
@@ -140,11 +275,13 @@ class SkillPolicyNode(Node):
                 self.get_logger().error("policy produced a non-finite argument; not sending")
                 return
             self._in_flight = True
+            self._emit(self.assembler.decide(self.episode_id, obs, d, z, logp, self.policy_version))
         cmd = SkillCommand()
         cmd.header.stamp = self.embedding.value.header.stamp
         cmd.header.frame_id = self.get_name()
         cmd.skill_id, cmd.argument = d, [float(x) for x in z]
-        cmd.policy, cmd.log_prob, cmd.episode_id = SkillCommand.POLICY_PRIOR, float(logp), self.episode_id
+        cmd.policy = SkillCommand.POLICY_PRIOR if self.agent is None else SkillCommand.POLICY_LEARNED
+        cmd.log_prob, cmd.episode_id = float(logp), self.episode_id
         self.pub_cmd.publish(cmd)
         goal = ExecuteSkill.Goal(skill_id=d, argument=cmd.argument, step_limit=self.p["step_limit"],
                                  dynamics_factor=self.p["dynamics_factor"], episode_id=self.episode_id)
@@ -156,6 +293,7 @@ class SkillPolicyNode(Node):
         if not handle.accepted:
             self.get_logger().error("skill goal rejected by the decoder")
             self.counters["failed"] += 1
+            self._skill_ended_at = self.get_clock().now()
             self._in_flight = False
             return
         self._goal_handle = handle
@@ -166,7 +304,9 @@ class SkillPolicyNode(Node):
         self.counters["succeeded" if res.success else "failed"] += 1
         if not res.success:
             self.get_logger().warning(f"skill ended without success: {res.error}")
+        self.assembler.skill_finished(res.steps_executed)
         self._goal_handle = None
+        self._skill_ended_at = self.get_clock().now()
         self._in_flight = False
 
 

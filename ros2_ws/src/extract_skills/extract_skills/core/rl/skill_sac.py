@@ -208,7 +208,7 @@ class HybridSkillSAC(nn.Module):
         q1 = self.q1(batch.obs, batch.z).gather(-1, idx).squeeze(-1)
         q2 = self.q2(batch.obs, batch.z).gather(-1, idx).squeeze(-1)
         loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        return loss, {"critic_loss": float(loss.detach()), "q_mean": float(q1.mean()), "target_mean": float(y.mean())}
+        return loss, {"critic_loss": float(loss.detach()), "q_mean": float(q1.detach().mean()), "target_mean": float(y.mean())}
 
     def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The hybrid objective above; returns it and the divergences (for the alpha update)."""

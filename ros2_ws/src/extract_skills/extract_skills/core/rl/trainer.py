@@ -62,8 +62,11 @@ class Counters:
 class Learner:
     """Agent + replay buffer + counters + RNGs, with the update schedule and the checkpoint contract."""
 
-    def __init__(self, agent: HybridSkillSAC, run_dir: Path | str | None, seed: int = 0) -> None:
+    def __init__(self, agent: HybridSkillSAC, run_dir: Path | str | None, seed: int = 0,
+                 skill_checkpoint_sha256: str = "") -> None:
         self.agent = agent
+        # The skill checkpoint (priors, decoder) this agent acts through: a resume with another one is refused.
+        self.skill_sha256 = skill_checkpoint_sha256
         self.run_dir = Path(run_dir) if run_dir is not None else None
         cap = agent.cfg.buffer_capacity
         bdir = self.run_dir / "replay" if self.run_dir is not None else None
@@ -97,7 +100,8 @@ class Learner:
         if self.run_dir is None:
             raise RuntimeError("this learner has no run directory")
         self.buffer.flush()
-        state = {"schema_version": CHECKPOINT_SCHEMA, "agent": self.agent.training_state(),
+        state = {"schema_version": CHECKPOINT_SCHEMA, "skill_checkpoint_sha256": self.skill_sha256,
+                 "agent": self.agent.training_state(),
                  "counters": asdict(self.counters), "numpy_rng": self.rng.bit_generator.state,
                  "torch_gen": self.torch_gen.get_state(), "torch_rng": torch.get_rng_state(),
                  "extra": dict(extra or {})}
@@ -114,10 +118,7 @@ class Learner:
         path = self.run_dir / CHECKPOINT
         if not path.is_file():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("schema_version") != CHECKPOINT_SCHEMA:
-            raise ValueError(f"{path}: agent checkpoint schema {state.get('schema_version')}, "
-                             f"this code reads {CHECKPOINT_SCHEMA}")
+        state = read_agent_checkpoint(path, self.skill_sha256)
         self.agent.load_training_state(state["agent"])
         self.counters = Counters(**state["counters"])
         self.rng.bit_generator.state = state["numpy_rng"]
@@ -126,6 +127,30 @@ class Learner:
         LOG.info("resumed %s: %d episodes, %d env steps, %d updates, %d transitions in the buffer", path,
                  self.counters.episodes, self.counters.env_steps, self.agent.updates, len(self.buffer))
         return state["extra"]
+
+
+def read_agent_checkpoint(path: Path | str, skill_checkpoint_sha256: str = "") -> dict[str, Any]:
+    """Load ``agent.pt``, refusing another schema or (when both are known) another skill checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"agent checkpoint not found: {path.resolve()}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("schema_version") != CHECKPOINT_SCHEMA:
+        got = state.get("schema_version") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: agent checkpoint schema {got}, this code reads {CHECKPOINT_SCHEMA}")
+    theirs = state.get("skill_checkpoint_sha256", "")
+    if skill_checkpoint_sha256 and theirs and theirs != skill_checkpoint_sha256:
+        raise ValueError(f"{path} was trained on skill checkpoint sha256 {theirs[:12]}..., this graph loads "
+                         f"{skill_checkpoint_sha256[:12]}...: its policy would act through other skills")
+    return state
+
+
+def load_policy(path: Path | str, agent: HybridSkillSAC, skill_checkpoint_sha256: str = "") -> int:
+    """Put the policy weights of a training run's ``agent.pt`` into ``agent``; returns their update count."""
+    state = read_agent_checkpoint(path, skill_checkpoint_sha256)
+    model = state["agent"]["model"]
+    agent.load_policy_state({k[len("policy."):]: v for k, v in model.items() if k.startswith("policy.")})
+    return int(state["agent"]["updates"])
 
 
 @dataclass
