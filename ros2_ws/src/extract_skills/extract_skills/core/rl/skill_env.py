@@ -46,8 +46,11 @@ class SkillEnv:
     """``reset(seed) -> obs``; ``step(d, z) -> SkillStep``. Needs a rendering :class:`KitchenSim`."""
 
     def __init__(self, sim: KitchenSim, bundle, encoder, config: SkillEnvConfig,
-                 limits: SafetyLimits = SIM_LIMITS) -> None:
+                 limits: SafetyLimits = SIM_LIMITS, fixed_skill_steps: int | None = None) -> None:
+        """``fixed_skill_steps``: every skill runs exactly this many steps, ignoring the progress head
+        (SPiRL-style fixed-horizon skills); None: the decoder decides the length (EXTRACT)."""
         self.sim, self.bundle, self.encoder, self.config = sim, bundle, encoder, config
+        self.fixed_skill_steps = fixed_skill_steps
         self.env_steps = 0  # low-level steps over the env's lifetime (the benchmarks' x axis)
         self._steps = 0
         self.arm = KitchenExecutorArm(sim, on_step=self._on_step)
@@ -85,7 +88,11 @@ class SkillEnv:
             raise RuntimeError("episode over: call reset()")
         before = self._steps
         left = self.steps_left
-        rollout = self.bundle.rollout(d, z, proprio_fn=self.executor.proprio)
+        if self.fixed_skill_steps is None:
+            rollout = self.bundle.rollout(d, z, proprio_fn=self.executor.proprio)
+        else:  # progress never reaches 2: the skill always runs its fixed horizon
+            rollout = self.bundle.rollout(d, z, max_steps=self.fixed_skill_steps, progress_threshold=2.0,
+                                          proprio_fn=self.executor.proprio)
         res = self.executor.run(ap for ap, _ in zip(rollout, range(left)))
         taken = self._steps - before
         new = self.tracker.update(dict(zip(SUBTASK_NAMES, self.sim.subtask_flags())))
@@ -97,3 +104,45 @@ class SkillEnv:
                 "error": "" if res.status is SkillStatus.SUCCEEDED else res.error}
         return SkillStep(self.observe(), float(len(new)), terminated, truncated, taken, info)
 
+
+
+class StepEnv:
+    """The same kitchen, task, reward and safety path one control step at a time, for the flat baselines
+    (SAC on low-level actions, behaviour cloning): an action is ``[dq (7) rad relative to the measured joints,
+    gripper target in [0, 1]]``, executed through the executor's ``"measured"`` frame. Every step renders and
+    embeds a frame (the flat policies decide every step), so it runs at camera + encoder speed."""
+
+    def __init__(self, sim: KitchenSim, bundle, encoder, config: SkillEnvConfig,
+                 limits: SafetyLimits = SIM_LIMITS) -> None:
+        self.sim, self.bundle, self.encoder, self.config = sim, bundle, encoder, config
+        self.env_steps = 0
+        self._steps = 0
+        self.arm = KitchenExecutorArm(sim, on_step=self._on_step)
+        self.arm.connect()
+        self.executor = SkillExecutor(self.arm, limits, ExecutorConfig(
+            period_s=0.0, max_steps=1, max_duration_s=3600.0, action_frame="measured"))
+        self.tracker = EpisodeTracker(config.task)
+        self.max_delta = limits.max_step_delta
+
+    def _on_step(self, res: StepResult) -> None:
+        self._steps += 1
+        self.env_steps += 1
+
+    observe = SkillEnv.observe
+
+    def reset(self, seed: int) -> np.ndarray:
+        return SkillEnv.reset(self, seed)  # same start distribution as the skill-level env
+
+    def step(self, action: np.ndarray) -> SkillStep:
+        if self._steps >= self.config.episode_steps:
+            raise RuntimeError("episode over: call reset()")
+        a = np.asarray(action, np.float64).reshape(8)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"non-finite action {a}")
+        res = self.executor.run([(a, 0.0)])
+        new = self.tracker.update(dict(zip(SUBTASK_NAMES, self.sim.subtask_flags())))
+        terminated = self.tracker.all_done
+        truncated = not terminated and (self._steps >= self.config.episode_steps or res.steps_executed == 0)
+        info = {"new": new, "status": res.status.value,
+                "error": "" if res.status is SkillStatus.SUCCEEDED else res.error}
+        return SkillStep(self.observe(), float(len(new)), terminated, truncated, 1, info)

@@ -235,8 +235,8 @@ class HybridSkillSAC(nn.Module):
         nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
         self.actor_opt.step()
 
-        kl_z = float((div["probs"] * div["kl_z"]).sum(-1).mean())
-        kl_d = float(div["kl_d"].mean())
+        kl_z = float((div["probs"] * div["kl_z"]).sum(-1).mean().detach())
+        kl_d = float(div["kl_d"].mean().detach())
         if self.cfg.auto_alpha:
             alpha_loss = -(self.log_alpha_z * (kl_z - self.cfg.target_kl_z)
                            + self.log_alpha_d * (kl_d - self.cfg.target_kl_d))

@@ -209,8 +209,8 @@ def train(env, learner: Learner, cfg: TrainConfig,
         log.episode, log.env_steps = c.episodes, c.env_steps
         if on_episode is not None:
             on_episode(log, learner.last_info)
-        if next_eval is not None and c.env_steps >= next_eval:
-            curve.append((c.env_steps, evaluate(env, learner, cfg)))
+        while next_eval is not None and c.env_steps >= next_eval and next_eval <= cfg.total_env_steps:
+            curve.append((next_eval, evaluate(env, learner, cfg)))  # at the first episode end past the point
             next_eval += cfg.eval_every
         if learner.run_dir is not None and (c.episodes % cfg.checkpoint_every == 0 or c.env_steps >= cfg.total_env_steps):
             learner.checkpoint({"curve": curve, "train_config": asdict(cfg)})

@@ -25,7 +25,7 @@ LOG = logging.getLogger(__name__)
 class ExtractionConfig:
     """Skill-extraction parameters (paper: K-means, K = 8)."""
 
-    num_skills: int = 8  # K, number of K-means clusters = discrete skills
+    num_skills: int = 8  # K, number of K-means clusters = discrete skills (1: SPiRL-style, length-only cuts)
     median_kernel: int = 7  # steps, odd; median filter over per-step labels
     min_segment_len: int = 5  # steps (x 0.08 s in the kitchen); shorter runs merge into a neighbour
     max_segment_len: int = 30  # steps; longer runs split into near-equal pieces
@@ -34,8 +34,8 @@ class ExtractionConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_skills < 2:
-            raise ValueError(f"num_skills must be >= 2, got {self.num_skills}")
+        if self.num_skills < 1:
+            raise ValueError(f"num_skills must be >= 1, got {self.num_skills}")
         if self.median_kernel < 1 or self.median_kernel % 2 == 0:
             raise ValueError(f"median_kernel must be a positive odd number, got {self.median_kernel}")
         if self.min_segment_len < 1:
