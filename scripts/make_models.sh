@@ -6,7 +6,9 @@
 #      encoder comparison (benchmarks/encoder_comparison.py); RETRAIN_ENCODER=1 re-trains it with
 #      R3M's time-contrastive objective on the demos' frames,
 #   3. the EXTRACT pipeline: embed -> K-means (K=8) -> segment -> skill VAE (closed-loop, free-running
-#      decoder) + priors, with 20% of whole episodes held out for model selection and calibration.
+#      decoder) + priors, with 20% of whole episodes held out for model selection and calibration,
+#   4. the SPiRL-style baseline skill model (models/spirl_kitchen.pt) for the sample-efficiency benchmark.
+# The online policy (models/policies/) comes from benchmarks/sample_efficiency.py --ship-policy.
 # Deterministic seeds; timings vary with machine load.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +27,10 @@ if [ "${RETRAIN_ENCODER:-0}" = 1 ] || [ ! -f "$WEIGHTS" ]; then
 fi
 extract all --dataset "$DATA" --run-dir "$RUN" --encoder-weights "$WEIGHTS" \
   --out models/extract_kitchen.pt --threads "$THREADS"
+# Baseline for benchmarks/sample_efficiency.py: SPiRL-style skills (one skill, <= 10-step windows) on the same
+# data, embeddings and encoder.
+extract all --dataset "$DATA" --run-dir "${RUN}_spirl" --encoder-weights "$WEIGHTS" \
+  --out models/spirl_kitchen.pt --threads "$THREADS" --num-skills 1 --min-segment-len 5 --max-segment-len 10
 mkdir -p models/report
 cp "$RUN"/cluster_vs_subtask.md "$RUN"/skill_model_report.md "$RUN"/*.png models/report/
 echo "make_models: wrote models/extract_kitchen.pt, models/report/ (encoder $WEIGHTS)"

@@ -21,6 +21,7 @@ CLIS = {
     "extract-bags-to-dataset": "extract_skills.cli.bags_to_dataset:main",
     "extract-calibrate-intrinsics": "extract_skills.cli.calibrate_intrinsics:main",
     "extract-calibrate-handeye": "extract_skills.cli.calibrate_handeye:main",
+    "extract-operator": "extract_skills.cli.operator_console:main",
 }
 
 setup(

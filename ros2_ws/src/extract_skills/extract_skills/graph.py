@@ -26,6 +26,8 @@ TOPICS = {
     "policy_weights": "/rl/policy_weights",
 }
 ACTION_EXECUTE_SKILL = "/execute_skill"
+# ResetEpisode reason with which the operator voids an episode: the policy drops its unfinished skill.
+RERECORD = "rerecord"
 SERVICES = {
     "reset_episode": "/reset_episode",
     "confirm_outcome": "/confirm_outcome",

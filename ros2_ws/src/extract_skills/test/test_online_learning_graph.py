@@ -128,3 +128,66 @@ def test_learner_in_its_own_process_trains_from_topics_and_the_actor_swaps_weigh
         out = stop_process(proc)
     assert "refused transition" in out and "obs must have shape" in out, out[-2000:]
     assert (run_dir / CHECKPOINT).is_file(), out[-2000:]  # checkpointed (every 10 and at shutdown)
+
+
+def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
+    """The operator console's service calls, against the real supervisor (mode real) and the decoder's gated
+    move-home path on the fake arm."""
+    from extract_msgs.srv import ConfirmOutcome, ResetEpisode
+
+    from extract_skills.cli.operator_console import interpret_key
+    from extract_skills.graph import RERECORD, SERVICES
+    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from support.ros_graph import wait_future
+
+    task = ["microwave", "kettle"]
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
+            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
+            Parameter("control_period_s", value=0.01), Parameter("max_step_delta", value=0.005)])
+        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
+            Parameter("mode", value="real"), Parameter("task", value=",".join(task)), Parameter("num_episodes", value=0),
+            Parameter("settle_s", value=0.0)])
+        op = rclpy.create_node("operator_console_test", context=ctx)
+        events: list[EpisodeEvent] = []
+        op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
+        confirm = op.create_client(ConfirmOutcome, SERVICES["confirm_outcome"])
+        reset = op.create_client(ResetEpisode, SERVICES["reset_episode"])
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        for n in (dec, sup, op):
+            ex.add_node(n)
+
+        def call(cmd):
+            if cmd.service == "confirm":
+                return wait_future(ex, confirm.call_async(ConfirmOutcome.Request(subtask=cmd.subtask,
+                                                                                 succeeded=cmd.succeeded)))
+            return wait_future(ex, reset.call_async(ResetEpisode.Request(operator_confirmed=True, reason=cmd.reason)))
+
+        def kinds():
+            return [e.event for e in events]
+
+        try:
+            assert spin_until(ex, lambda: confirm.service_is_ready() and reset.service_is_ready(), 15.0)
+            # no episode runs until the operator says the workspace is clear
+            assert not call(interpret_key("2", task)).success
+            assert call(interpret_key("h", task)).success
+            assert spin_until(ex, lambda: EpisodeEvent.START in kinds(), 30.0), kinds()
+            r = call(interpret_key("2", task))  # "kettle: success"
+            assert r.success and r.reward == 1.0
+            assert spin_until(ex, lambda: EpisodeEvent.REWARD in kinds(), 5.0)
+            reward = next(e for e in events if e.event == EpisodeEvent.REWARD)
+            assert reward.detail == "operator: kettle" and reward.completed_subtasks == ["kettle"]
+            assert interpret_key("9", task).service == "none"  # no 9th subtask: the console sends nothing
+            r = call(interpret_key("f", task))
+            assert r.success and r.reward == 0.0
+            assert spin_until(ex, lambda: EpisodeEvent.FAILURE in kinds(), 5.0)
+            assert next(e for e in events if e.event == EpisodeEvent.FAILURE).detail == "operator: failure"
+            # next episode, then rerecord it: ended as truncated with the rerecord reason
+            assert call(interpret_key("h", task)).success
+            assert spin_until(ex, lambda: kinds().count(EpisodeEvent.START) == 2, 30.0), kinds()
+            assert call(interpret_key("r", task)).success
+            assert spin_until(ex, lambda: EpisodeEvent.TRUNCATED in kinds(), 5.0)
+            assert next(e for e in events if e.event == EpisodeEvent.TRUNCATED).detail == RERECORD
+        finally:
+            dec.close()

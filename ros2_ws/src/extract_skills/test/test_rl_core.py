@@ -292,3 +292,66 @@ def test_sigkill_during_checkpoint_writes_resumes_from_the_last_complete_one(tmp
     assert last <= learner.counters.episodes <= last + 1
     assert learner.counters.episodes <= len(learner.buffer) <= learner.counters.episodes + 1
     assert set(FIELDS) == set(learner.buffer.data)
+
+
+# ------------------------------------------------------------------------------------------------ actor side
+def test_transition_assembler_credits_rewards_to_the_running_skill_and_closes_on_episode_end():
+    from extract_skills.core.rl.actor import TransitionAssembler
+
+    a = TransitionAssembler()
+    o = [np.full(OBS_DIM, i, np.float32) for i in range(5)]
+    assert a.decide(1, o[0], 2, np.zeros(Z), -1.0) is None  # nothing open yet
+    assert a.reward(1, 1.0, intervention=True)
+    a.skill_finished(12)
+    t = a.decide(1, o[1], 3, np.ones(Z), -2.0, policy_version=7)
+    assert t["skill"] == 2 and t["reward"] == 1.0 and t["steps"] == 12 and t["intervention"]
+    np.testing.assert_array_equal(t["next_obs"], o[1])
+    assert not t["terminated"] and not t["truncated"]
+    assert not a.reward(2, 1.0) and a.dropped_rewards == 1  # another episode's reward is never credited here
+    t = a.end_episode(1, o[2], terminated=True)
+    assert t["skill"] == 3 and t["terminated"] and t["policy_version"] == 7
+    assert a.end_episode(1, o[2], terminated=True) is None and a.open is None
+    a.decide(2, o[3], 0, np.zeros(Z), 0.0)
+    t = a.end_episode(2, None, terminated=False)  # truncated without a fresh frame: the decision obs stands in
+    assert t["truncated"] and not t["terminated"]
+    np.testing.assert_array_equal(t["next_obs"], o[3])
+    a.decide(3, o[4], 0, np.zeros(Z), 0.0)
+    assert a.discard(3) and a.end_episode(3, o[4], terminated=False) is None  # rerecorded: nothing learnt
+
+
+def test_policy_weights_are_refused_when_corrupt_misshapen_or_not_finite():
+    from extract_skills.core.rl.actor import PolicyWeightsError, decode_policy_state, encode_policy_state
+
+    agent = _agent()
+    state = agent.policy_state()
+    data, sha = encode_policy_state(state)
+    back = decode_policy_state(data, sha, state)
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+    with pytest.raises(PolicyWeightsError, match="sha256"):
+        decode_policy_state(data[:-1] + bytes([data[-1] ^ 1]), sha, state)
+    other = HybridSkillSAC(SkillModel(SkillModelConfig(num_skills=K + 1, obs_dim=OBS_DIM, latent_dim=Z, hidden_dim=32,
+                                                       train_steps=1)), 2.0).policy_state()
+    d2, s2 = encode_policy_state(other)
+    with pytest.raises(PolicyWeightsError, match="wrong shape"):
+        decode_policy_state(d2, s2, state)
+    bad = {k: v.clone() for k, v in state.items()}
+    next(v for v in bad.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    d3, s3 = encode_policy_state(bad)
+    with pytest.raises(PolicyWeightsError, match="not finite"):
+        decode_policy_state(d3, s3, state)
+    with pytest.raises(PolicyWeightsError, match="unreadable"):
+        decode_policy_state(b"junk", __import__("hashlib").sha256(b"junk").hexdigest(), state)
+
+
+def test_operator_keys_map_to_service_calls():
+    from extract_skills.cli.operator_console import interpret_key
+    from extract_skills.graph import RERECORD
+
+    task = ["microwave", "kettle", "light switch"]
+    assert interpret_key("3", task).subtask == "light switch" and interpret_key("3", task).succeeded
+    assert interpret_key("4", task).service == "none" and interpret_key("0", task).service == "none"
+    assert interpret_key("a", task).service == "confirm" and interpret_key("a", task).subtask == ""
+    f = interpret_key("f", task)
+    assert f.service == "confirm" and not f.succeeded and f.subtask == ""
+    assert interpret_key("r", task).reason == RERECORD and interpret_key("R", task).service == "reset"
+    assert interpret_key("x", task).service == "none" and interpret_key("q", task).service == "quit"

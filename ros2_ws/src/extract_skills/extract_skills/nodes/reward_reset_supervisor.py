@@ -95,10 +95,15 @@ class RewardResetSupervisor(Node):
             if self._state != "running" or self.tracker is None:
                 resp.success, resp.error = False, "no episode is running"
                 return resp
+            if req.subtask and req.subtask not in self.tracker.task:
+                resp.success, resp.error = False, f"{req.subtask!r} is not a subtask of {list(self.tracker.task)}"
+                return resp
             names = [req.subtask] if req.subtask else list(self.tracker.remaining)
             new = self.tracker.update({n: True for n in names}) if req.succeeded else []
             for name in new:
                 self._publish(EpisodeEvent.REWARD, 1.0, f"operator: {name}")
+            if not req.succeeded and not req.subtask:  # the operator judges the whole episode failed
+                self._end(Outcome.FAILURE, "operator: failure")
             resp.success, resp.reward = True, float(len(new))
             return resp
 

@@ -63,6 +63,32 @@ def build_nodes(mode: str, params: dict[str, dict], context=None):
     return nodes
 
 
+def _progress(supervisor, policy):
+    """A progress bar over episodes that prints each finished episode's return as it ends."""
+    from tqdm import tqdm
+
+    total = supervisor.p["num_episodes"] or None
+    bar = tqdm(total=total, unit="episode", desc="episodes", dynamic_ncols=True)
+    seen = [0]
+
+    def update() -> None:
+        while seen[0] < len(supervisor.summary):
+            s = supervisor.summary[seen[0]]
+            seen[0] += 1
+            who = "learned policy" if getattr(policy, "agent", None) is not None else "priors"
+            learning = getattr(policy, "learner", None)
+            extra = f", {learning.agent.updates} updates" if learning is not None else ""
+            bar.write(f"episode {s['episode']}: {s['outcome']}, return {s['return']:.0f}, {s['skills']} skills "
+                      f"({who}{extra}), completed: {', '.join(s['completed']) or '-'}")
+            bar.update(1)
+            rets = [x["return"] for x in supervisor.summary]
+            bar.set_postfix(mean_return=f"{sum(rets) / len(rets):.2f}")
+        if supervisor.finished:
+            bar.close()
+
+    return update
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("sim", "real"))
@@ -82,15 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     for n in nodes:
         executor.add_node(n)
     supervisor = next(n for n in nodes if n.get_name() == "reward_reset_supervisor")
+    policy = next(n for n in nodes if n.get_name() == "skill_policy")
+    bar = _progress(supervisor, policy)
     t0 = time.monotonic()
     rc = 0
     try:
         while rclpy.ok() and not supervisor.finished:
             executor.spin_once(timeout_sec=0.1)
+            bar()
             if ns.timeout_s and time.monotonic() - t0 > ns.timeout_s:
                 print(f"run_graph: timed out after {ns.timeout_s} s", file=sys.stderr)
                 rc = 1
                 break
+        bar()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -37,7 +37,7 @@ from extract_skills.core.rl.skill_sac import HybridSkillSAC
 from extract_skills.core.rl.trainer import Learner, load_policy
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
-from extract_skills.graph import ACTION_EXECUTE_SKILL, TOPICS
+from extract_skills.graph import ACTION_EXECUTE_SKILL, RERECORD, TOPICS
 from extract_skills.nodes.common import (Monotonic, declare, models_dir, parse_joint_state, run_node, sac_config,
                                          SAC_DEFAULTS, stamp_to_s, transition_msg, WEIGHTS_QOS)
 
@@ -163,6 +163,8 @@ class SkillPolicyNode(Node):
             self.pub_transition.publish(transition_msg(transition, self.get_clock().now().to_msg()))
 
     def _episode_over(self, msg: EpisodeEvent) -> None:
+        if msg.detail == RERECORD:  # the operator voids this episode: its unfinished skill is not learnt from
+            self.assembler.discard(msg.episode_id)
         terminated = msg.event in (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE)
         obs = self.observation(quiet=True) if self.agent is not None else None
         self._emit(self.assembler.end_episode(msg.episode_id, obs, terminated))

@@ -71,6 +71,13 @@ class TransitionAssembler:
         nxt = self.open.obs if last_obs is None else last_obs
         return self._close(nxt, terminated=terminated, truncated=not terminated)
 
+    def discard(self, episode_id: int) -> bool:
+        """Drop the open transition of ``episode_id`` (the operator asked to rerecord the episode)."""
+        if self.open is None or self.open.episode_id != episode_id:
+            return False
+        self.open = None
+        return True
+
     def _close(self, next_obs: np.ndarray, terminated: bool, truncated: bool) -> dict[str, Any]:
         o = self.open
         assert o is not None
