@@ -150,6 +150,24 @@ def param_file(mode: str, share_dir: Path | None = None) -> Path:
     return base / "config" / PARAM_FILES[mode]
 
 
+def launch_defaults(mode: str, params_path: Path | None = None) -> dict[str, str]:
+    """Declared default of every launch argument. An argument whose default is "" takes the value its first
+    target has in the mode's parameter file: under `ros2 launch` a "" default would otherwise override the
+    YAML (the sim's task came up empty)."""
+    import yaml
+
+    data = yaml.safe_load((params_path or param_file(mode)).read_text()) or {}
+    out = {}
+    for arg in LAUNCH_ARGS[mode]:
+        value = arg.default
+        if value == "" and arg.targets:
+            node, param = arg.targets[0]
+            yaml_value = ((data.get(node) or {}).get("ros__parameters") or {}).get(param, "")
+            value = str(yaml_value).lower() if isinstance(yaml_value, bool) else str(yaml_value)
+        out[arg.name] = value
+    return out
+
+
 def overrides_for(mode: str, values: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """Map launch-argument values onto per-node parameter overrides (empty strings are skipped)."""
     known = {a.name: a for a in LAUNCH_ARGS[mode]}

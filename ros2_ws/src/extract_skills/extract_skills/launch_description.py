@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extract_skills.graph import LAUNCH_ARGS, nodes_for, param_file
+from extract_skills.graph import LAUNCH_ARGS, launch_defaults, nodes_for, param_file
 
 
 def build_launch_description(mode: str):
@@ -21,7 +21,8 @@ def build_launch_description(mode: str):
 
     share = Path(get_package_share_directory("extract_skills"))
     params = str(param_file(mode, share))
-    actions = [DeclareLaunchArgument(a.name, default_value=a.default, description=a.description)
+    defaults = launch_defaults(mode, param_file(mode, share))  # "" defaults read from the YAML
+    actions = [DeclareLaunchArgument(a.name, default_value=defaults[a.name], description=a.description)
                for a in LAUNCH_ARGS[mode]]
     for spec in nodes_for(mode):
         overrides = {param: LaunchConfiguration(arg.name)

@@ -92,3 +92,14 @@ def test_launch_files_build_with_real_launch_api(launch_file, mode):
     assert all(a.description for a in args.values())
     nodes = [e for e in ld.entities if isinstance(e, launch_ros.Node)]
     assert len(nodes) == len(nodes_for(mode))
+
+
+def test_empty_launch_defaults_take_the_parameter_files_values():
+    from extract_skills.graph import launch_defaults
+
+    sim = launch_defaults("sim")
+    yaml_task = yaml.safe_load(param_file("sim").read_text())["kitchen_sim"]["ros__parameters"]["task"]
+    assert sim["task"] == yaml_task and sim["task"]  # not "": ros2 launch would override the YAML with it
+    assert sim["num_episodes"] == "3" and sim["learn"] == "false"
+    real = launch_defaults("real")
+    assert real["robot_ip"] == "172.16.0.2"

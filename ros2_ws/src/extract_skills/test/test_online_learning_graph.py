@@ -148,7 +148,7 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
             Parameter("control_period_s", value=0.01), Parameter("max_step_delta", value=0.005)])
         sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
             Parameter("mode", value="real"), Parameter("task", value=",".join(task)), Parameter("num_episodes", value=0),
-            Parameter("settle_s", value=0.0)])
+            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False)])
         op = rclpy.create_node("operator_console_test", context=ctx)
         events: list[EpisodeEvent] = []
         op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)

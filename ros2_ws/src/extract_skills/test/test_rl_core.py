@@ -161,6 +161,16 @@ def test_replay_buffer_skips_corrupt_and_uncommitted_chunks_with_a_warning(tmp_p
         ReplayBuffer.open(tmp_path, 100, OBS_DIM + 1, Z)
 
 
+def test_learner_refuses_transitions_the_agent_could_not_have_produced():
+    learner = Learner(_agent(), None)
+    t = _transition(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="skill id 4"):
+        learner.observe(**{**t, "skill": K})
+    with pytest.raises(ValueError, match="argument bound"):
+        learner.observe(**{**t, "z": np.full(Z, 3.0)})
+    assert len(learner.buffer) == 0
+
+
 def test_replay_buffer_refuses_malformed_transitions(tmp_path):
     buf = ReplayBuffer(10, OBS_DIM, Z, tmp_path)
     t = _transition(np.random.default_rng(0))

@@ -31,6 +31,7 @@ DEFAULTS = {
     "reset_retries": 3,
     "reset_timeout_s": 30.0,
     "settle_s": 0.5,  # s between the end of an episode and the reset (lets the policy cancel)
+    "wait_for_policy": True,  # no episode starts before the skill_policy node listens to episode events
 }
 
 
@@ -54,6 +55,7 @@ class RewardResetSupervisor(Node):
         self._reset_future = None
         self._reset_attempts = 0
         self._operator_ok = self.p["mode"] == "sim"
+        self._said_waiting = False
         # One lock around the episode state machine: callbacks run on several executor threads.
         self._lock = threading.RLock()
         group = ReentrantCallbackGroup()
@@ -152,8 +154,19 @@ class RewardResetSupervisor(Node):
             elif self._state == "reset":
                 self._try_reset(now)
 
+    def _policy_listening(self) -> bool:
+        """Under `ros2 launch` the policy process comes up seconds after this one: a START sent before it
+        subscribes is lost and the first episode would never act."""
+        return any(info.node_name == "skill_policy"
+                   for info in self.get_subscriptions_info_by_topic(TOPICS["episode_event"]))
+
     def _try_reset(self, now: float) -> None:
         if not self._operator_ok:
+            return
+        if self.p["wait_for_policy"] and not self._policy_listening():
+            if not self._said_waiting:
+                self.get_logger().info("waiting for the skill_policy node before the first episode")
+                self._said_waiting = True
             return
         if self._reset_future is None:
             if not self.reset_client.service_is_ready():

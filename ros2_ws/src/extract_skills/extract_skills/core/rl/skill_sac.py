@@ -250,7 +250,7 @@ class HybridSkillSAC(nn.Module):
                     tp.lerp_(p, self.cfg.tau)
         self.updates += 1
         alpha_z, alpha_d = self.alphas
-        info.update(actor_loss=float(a_loss), kl_z=kl_z, kl_d=kl_d, alpha_z=alpha_z, alpha_d=alpha_d)
+        info.update(actor_loss=float(a_loss.detach()), kl_z=kl_z, kl_d=kl_d, alpha_z=alpha_z, alpha_d=alpha_d)
         return info
 
     # ------------------------------------------------------------------------------------------- state

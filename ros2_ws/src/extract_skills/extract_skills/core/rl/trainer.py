@@ -82,7 +82,15 @@ class Learner:
         return self.agent.act(obs, deterministic=deterministic, generator=self.torch_gen)
 
     def observe(self, **transition: Any) -> int:
-        """Store one skill transition and run the gradient steps it pays for; returns how many ran."""
+        """Store one skill transition and run the gradient steps it pays for; returns how many ran.
+
+        A transition this agent could not have produced (skill id out of range, argument beyond the bound) is
+        refused with ValueError before it reaches the buffer: one junk message must not poison training."""
+        d, z = int(transition["skill"]), np.asarray(transition["z"], np.float64)
+        if not 0 <= d < self.agent.num_skills:
+            raise ValueError(f"skill id {d} is not in [0, {self.agent.num_skills})")
+        if z.shape == (self.agent.latent_dim,) and not np.all(np.abs(z) <= self.agent.argument_bound + 1e-6):
+            raise ValueError(f"argument {z} exceeds the argument bound {self.agent.argument_bound}")
         self.buffer.add(**transition)
         self.counters.transitions += 1
         if len(self.buffer) < max(self.agent.cfg.learning_starts, 1):
