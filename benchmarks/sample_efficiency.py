@@ -39,12 +39,14 @@ METHODS = ("extract", "spirl", "sac", "bc")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "extract_kitchen.pt")
-    ap.add_argument("--spirl-checkpoint", type=Path, default=ROOT / "models" / "baselines" / "spirl_kitchen.pt")
+    ap.add_argument("--spirl-checkpoint", type=Path, default=ROOT / "models" / "spirl_kitchen.pt")
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "kitchen_long", help="extract run (BC data)")
     ap.add_argument("--task-index", type=int, default=0, help="which held-out task (0: microwave, kettle, light "
                     "switch, slide cabinet)")
-    ap.add_argument("--env-steps", type=int, default=12000, help="low-level steps of training per run")
-    ap.add_argument("--eval-every", type=int, default=4000)
+    ap.add_argument("--env-steps", type=int, default=20000, help="low-level steps of training per run")
+    ap.add_argument("--eval-every", type=int, default=5000)
+    ap.add_argument("--utd", type=float, default=4.0, help="gradient steps per skill transition of the skill agents "
+                    "(official ~1 at ~100x this budget; the same for EXTRACT and SPiRL-style)")
     ap.add_argument("--eval-episodes", type=int, default=5)
     ap.add_argument("--episode-steps", type=int, default=400, help="low-level steps per episode")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -87,7 +89,7 @@ def run_skill_agent(args, method: str, seed: int) -> dict:
     ckpt = args.checkpoint if method == "extract" else args.spirl_checkpoint
     env, bundle = _env(args, ckpt, spirl=method == "spirl")
     quick = dict(batch_size=16, learning_starts=16) if args.quick else {}
-    agent = HybridSkillSAC(bundle.model, bundle.argument_bound, SkillSACConfig(**quick))
+    agent = HybridSkillSAC(bundle.model, bundle.argument_bound, SkillSACConfig(utd=args.utd, **quick))
     run_dir = args.out_dir / f"{method}_s{seed}"
     learner = Learner(agent, run_dir, seed=seed, skill_checkpoint_sha256=file_sha256(ckpt))
     t0 = time.time()
