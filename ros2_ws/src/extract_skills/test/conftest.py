@@ -9,8 +9,16 @@ if str(PKG_ROOT) not in sys.path:
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-# A private DDS domain per test session so parallel runs on one machine never see each other.
-# Linux DDS port maths keeps domains 0-101 safe; 42 is left to the main job (scripts/run_sim.sh).
-_domain = 1 + os.getpid() % 100
-os.environ.setdefault("ROS_DOMAIN_ID", str(_domain if _domain != 42 else 43))
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+# Tests send goals, heartbeats and joint states: they must never share a DDS domain with a robot. The
+# domain is forced (not defaulted from the caller's shell, which may be a robot's), private per session so
+# parallel runs never see each other, and discovery stays on this host. Linux DDS port maths keeps 0-101
+# safe; the deployment domains (ROS's default 0, compose real 37 and sim 41, scripts/run_sim.sh 42) are
+# never used, and an explicit EXTRACT_TEST_DOMAIN_ID naming one of them is refused.
+DEPLOYMENT_DOMAINS = frozenset({0, 37, 41, 42})
+TEST_DOMAINS = tuple(d for d in range(50, 100) if d not in DEPLOYMENT_DOMAINS)
+_wanted = os.environ.get("EXTRACT_TEST_DOMAIN_ID")
+if _wanted is not None and int(_wanted) in DEPLOYMENT_DOMAINS:
+    raise RuntimeError(f"EXTRACT_TEST_DOMAIN_ID={_wanted} is a deployment domain; tests refuse to run there")
+os.environ["ROS_DOMAIN_ID"] = _wanted if _wanted is not None else str(TEST_DOMAINS[os.getpid() % len(TEST_DOMAINS)])
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.pop("ROS_STATIC_PEERS", None)

@@ -93,19 +93,29 @@ def joint_state_msg(q: np.ndarray, gripper: float, stamp, dq: np.ndarray | None 
 
 
 def parse_joint_state(msg: JointState) -> tuple[np.ndarray, np.ndarray, float]:
-    """-> q (7,), dq (7,) (zeros if absent), gripper opening in [0, 1]. Raises ValueError on a malformed message."""
-    index = {n: i for i, n in enumerate(msg.name)}
+    """-> q (7,), dq (7,) (zeros if absent), gripper opening in [0, 1].
+
+    Raises ValueError (never anything else: callers drop the message and go on) on a malformed message:
+    missing or repeated joint names, position/velocity arrays that do not match the names, NaN/Inf."""
+    names = list(msg.name)
+    index = {n: i for i, n in enumerate(names)}
+    if len(index) != len(names):
+        raise ValueError("joint state repeats a joint name")
     missing = [n for n in ARM_JOINT_NAMES if n not in index]
     if missing:
         raise ValueError(f"joint state lacks joints {missing}")
     pos = np.asarray(msg.position, dtype=np.float64)
-    q = pos[[index[n] for n in ARM_JOINT_NAMES]]
+    if pos.shape != (len(names),):
+        raise ValueError(f"joint state has {len(names)} names but {pos.size} positions")
     vel = np.asarray(msg.velocity, dtype=np.float64)
-    dq = vel[[index[n] for n in ARM_JOINT_NAMES]] if len(vel) == len(pos) else np.zeros(7)
-    fingers = [pos[index[n]] for n in FINGER_JOINT_NAMES if n in index]
-    gripper = float(np.clip(sum(fingers) / (2 * FINGER_MAX), 0.0, 1.0)) if fingers else 0.0
-    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(dq))):
+    if vel.size not in (0, len(names)):
+        raise ValueError(f"joint state has {len(names)} names but {vel.size} velocities")
+    q = pos[[index[n] for n in ARM_JOINT_NAMES]]
+    dq = vel[[index[n] for n in ARM_JOINT_NAMES]] if vel.size else np.zeros(7)
+    fingers = np.array([pos[index[n]] for n in FINGER_JOINT_NAMES if n in index])
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(dq)) and np.all(np.isfinite(fingers))):
         raise ValueError("joint state contains NaN/Inf")
+    gripper = float(np.clip(fingers.sum() / (2 * FINGER_MAX), 0.0, 1.0)) if fingers.size else 0.0
     return q, dq, gripper
 
 
