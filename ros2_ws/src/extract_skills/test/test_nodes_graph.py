@@ -223,3 +223,40 @@ def test_policy_process_killed_stops_the_arm(models):
         finally:
             stop_process(policy)
             dec.close()
+
+
+def test_policy_gives_up_a_goal_lost_with_a_dead_decoder_and_acts_again_after_its_restart(models):
+    """kill -9 of the decoder process mid-skill: the goal's result never comes; the policy must not wedge."""
+    from extract_skills.nodes.skill_policy_node import SkillPolicyNode
+
+    decoder_args = ("extract_skills.nodes.skill_decoder_server", "--ros-args", "-p", f"models_dir:={models}",
+                    "-p", "arm:=fake", "-p", "control_period_s:=0.05", "-p", "max_step_delta:=0.01")
+    with RclpyContext() as ctx:
+        pol = SkillPolicyNode(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "act_without_episode": True, "step_limit": 300, "max_obs_age_s": 1.0,
+             "max_skew_s": 1.0, "feedback_timeout_s": 5.0}))
+        test = rclpy.create_node("wedge_test", context=ctx)
+        pub = test.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        ex.add_node(pol)
+        ex.add_node(test)
+
+        def feed_until(pred, timeout_s):
+            t_end = time.monotonic() + timeout_s
+            while not pred() and time.monotonic() < t_end:
+                _publish_obs(test, pub, 0.1)
+                spin_until(ex, lambda: False, 0.05)
+            return pred()
+
+        decoder = start_python(*decoder_args)
+        try:
+            assert feed_until(lambda: pol.counters["goals"] >= 1 and pol._goal_handle is not None, 60.0), pol.counters
+            decoder.send_signal(signal.SIGKILL)
+            decoder.wait(5)
+            assert feed_until(lambda: pol.counters["lost_goals"] == 1, 30.0), pol.counters  # ~5 s: feedback stops
+            assert not pol._in_flight
+            decoder = start_python(*decoder_args)
+            goals = pol.counters["goals"]
+            assert feed_until(lambda: pol.counters["goals"] > goals, 60.0), pol.counters
+        finally:
+            stop_process(decoder)

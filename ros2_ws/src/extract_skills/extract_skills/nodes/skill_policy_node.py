@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ DEFAULTS = {
     "heartbeat_hz": 10.0,  # Hz; the decoder's heartbeat_timeout_s must span a few periods
     "act_hz": 20.0,  # Hz, how often the policy checks whether it can send the next goal
     "act_without_episode": False,  # True: act without a supervisor's START (manual testing)
+    "goal_timeout_s": 60.0,  # s without a result before a goal is given up (decoder restarted or lost)
+    "feedback_timeout_s": 10.0,  # s without feedback from a running skill before it is given up (decoder died)
     "policy_checkpoint": "",  # agent.pt of a training run to act with; "" = start from the priors
     "learn": False,  # fine-tune the policy online from the supervisor's rewards
     "learner": "local",  # local: train in this node; remote: send transitions to a skill_learner node
@@ -88,7 +91,10 @@ class SkillPolicyNode(Node):
         self._in_flight = False
         self._goal_handle = None
         self.counters = {"goals": 0, "succeeded": 0, "failed": 0, "refused_obs": 0, "transitions": 0,
-                         "weights_loaded": 0, "weights_refused": 0}
+                         "weights_loaded": 0, "weights_refused": 0, "lost_goals": 0}
+        self._sent_at = 0.0
+        self._last_feedback = 0.0
+        self._goal_seq = 0
         self._skill_ended_at: Time | None = None  # the next decision needs a frame stamped after this
         self.assembler = TransitionAssembler()
         self._episode_return = 0.0
@@ -263,7 +269,31 @@ class SkillPolicyNode(Node):
             np.sum(0.5 * ((z - mean) / std) ** 2 + np.log(std) + 0.5 * math.log(2 * math.pi)))
         return d, z, logp
 
+    def _give_up_lost_goal(self) -> None:
+        """A goal whose result never comes (the decoder restarted, its process died) must not wedge the
+        policy forever: after ``goal_timeout_s``, or once the action server is gone, forget it."""
+        if not self._in_flight:
+            return
+        now = time.monotonic()
+        waited = now - self._sent_at
+        silent = now - self._last_feedback if self._goal_handle is not None else 0.0
+        gone = not self.client.server_is_ready()
+        # a killed decoder leaves DDS without saying so: its server looks alive until the participant's lease
+        # runs out (about 20 s), but its feedback (every control step) stops at once
+        if waited > self.p["goal_timeout_s"] or silent > self.p["feedback_timeout_s"] or (gone and waited > 1.0):
+            why = ("the decoder's action server went away" if gone else
+                   f"no feedback for {silent:.1f} s" if silent > self.p["feedback_timeout_s"] else
+                   f"no result after {waited:.0f} s")
+            self.get_logger().error(f"giving up on skill goal: {why}")
+            self.counters["failed"] += 1
+            self.counters["lost_goals"] += 1
+            self._goal_handle = None
+            self._skill_ended_at = self.get_clock().now()
+            self._in_flight = False
+
     def _maybe_act(self) -> None:
+        with self._goal_lock:
+            self._give_up_lost_goal()
         if not self.active or not self.client.server_is_ready():
             return
         with self._goal_lock:
@@ -277,6 +307,7 @@ class SkillPolicyNode(Node):
                 self.get_logger().error("policy produced a non-finite argument; not sending")
                 return
             self._in_flight = True
+            self._sent_at = time.monotonic()
             self._emit(self.assembler.decide(self.episode_id, obs, d, z, logp, self.policy_version))
         cmd = SkillCommand()
         cmd.header.stamp = self.embedding.value.header.stamp
@@ -288,10 +319,28 @@ class SkillPolicyNode(Node):
         goal = ExecuteSkill.Goal(skill_id=d, argument=cmd.argument, step_limit=self.p["step_limit"],
                                  dynamics_factor=self.p["dynamics_factor"], episode_id=self.episode_id)
         self.counters["goals"] += 1
-        self.client.send_goal_async(goal).add_done_callback(self._on_goal_response)
+        self._goal_seq += 1
+        seq = self._goal_seq
+        self.client.send_goal_async(goal, feedback_callback=self._on_feedback).add_done_callback(
+            lambda f: self._on_goal_response(f, seq))
 
-    def _on_goal_response(self, future) -> None:
-        handle = future.result()
+    def _on_feedback(self, _msg) -> None:
+        self._last_feedback = time.monotonic()
+
+    def _current(self, seq: int) -> bool:
+        """False for callbacks of a goal given up on (a late answer must not end the goal sent after it)."""
+        if seq != self._goal_seq or not self._in_flight:
+            self.get_logger().warning(f"late answer for skill goal #{seq} ignored")
+            return False
+        return True
+
+    def _on_goal_response(self, future, seq: int) -> None:
+        with self._goal_lock:
+            self._goal_response(future.result(), seq)
+
+    def _goal_response(self, handle, seq: int) -> None:
+        if not self._current(seq):
+            return
         if not handle.accepted:
             self.get_logger().error("skill goal rejected by the decoder")
             self.counters["failed"] += 1
@@ -299,10 +348,16 @@ class SkillPolicyNode(Node):
             self._in_flight = False
             return
         self._goal_handle = handle
-        handle.get_result_async().add_done_callback(self._on_result)
+        self._last_feedback = time.monotonic()
+        handle.get_result_async().add_done_callback(lambda f: self._on_result(f, seq))
 
-    def _on_result(self, future) -> None:
-        res = future.result().result
+    def _on_result(self, future, seq: int) -> None:
+        with self._goal_lock:
+            self._result(future.result().result, seq)
+
+    def _result(self, res, seq: int) -> None:
+        if not self._current(seq):
+            return
         self.counters["succeeded" if res.success else "failed"] += 1
         if not res.success:
             self.get_logger().warning(f"skill ended without success: {res.error}")
