@@ -33,4 +33,6 @@ extract all --dataset "$DATA" --run-dir "${RUN}_spirl" --encoder-weights "$WEIGH
   --out models/spirl_kitchen.pt --threads "$THREADS" --num-skills 1 --min-segment-len 5 --max-segment-len 10
 mkdir -p models/report
 cp "$RUN"/cluster_vs_subtask.md "$RUN"/skill_model_report.md "$RUN"/*.png models/report/
+# Pin every shipped model file (the loaders refuse a listed file whose bytes differ; `sha256sum -c` by hand).
+(cd models && sha256sum $(find . -name '*.pt' | sed 's|^\./||' | sort) > SHA256SUMS)
 echo "make_models: wrote models/extract_kitchen.pt, models/report/ (encoder $WEIGHTS)"

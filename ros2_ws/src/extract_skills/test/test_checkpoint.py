@@ -92,3 +92,72 @@ def test_unknown_expect_field_and_missing_file(saved, tmp_path):
         load_skill_bundle(path, expect={"colour": "red"})
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_skill_bundle(tmp_path / "nope.pt")
+
+
+def test_corrupt_files_are_refused_with_the_path_and_reason(saved, tmp_path):
+    from extract_skills.core.skills.checkpoint import CheckpointCorruptError
+
+    path, model, kwargs = saved
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(raw[: len(raw) // 2])  # a copy cut short
+    with pytest.raises(CheckpointCorruptError, match="cut.pt.*unreadable"):
+        load_skill_bundle(cut)
+    flipped = bytearray(raw)
+    for i in range(64):  # 64 flipped bytes in the middle (tensor data or zip structure)
+        flipped[len(raw) // 3 + 97 * i] ^= 0xFF
+    (tmp_path / "flip.pt").write_bytes(bytes(flipped))
+    try:
+        load_skill_bundle(tmp_path / "flip.pt")
+    except (CheckpointCorruptError, CheckpointMismatchError):
+        pass  # refused, with the path in the message
+    else:  # the flips hit only float payload that still loads: only the manifest can catch that
+        from extract_skills.core.skills.deployment import verify_against_manifest, write_manifest
+
+        good = tmp_path / "m"
+        good.mkdir()
+        (good / "extract_kitchen.pt").write_bytes(raw)
+        write_manifest(good, [good / "extract_kitchen.pt"])
+        (good / "extract_kitchen.pt").write_bytes(bytes(flipped))
+        with pytest.raises(CheckpointCorruptError, match="sha256 differs"):
+            verify_against_manifest(good / "extract_kitchen.pt")
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("obs_std", np.zeros(EMBED_DIM, np.float32), "obs_std has"),
+    ("action_low", np.full(8, -1e6, np.float32), "action bounds beyond"),
+    ("action_high", np.full(8, -0.2, np.float32), "action_low >= action_high"),
+    ("obs_mean", np.full(EMBED_DIM, np.nan, np.float32), "obs_mean is not finite"),
+])
+def test_values_that_load_but_must_not_reach_the_arm_are_refused(saved, tmp_path, field, value, why):
+    from extract_skills.core.skills.checkpoint import CheckpointCorruptError
+
+    _, model, kwargs = saved
+    p = tmp_path / "bad.pt"
+    torch.save({**torch.load(saved[0], weights_only=True), field: torch.as_tensor(value)}, p)
+    with pytest.raises(CheckpointCorruptError, match=why):
+        load_skill_bundle(p)
+
+
+def test_nan_weights_are_refused(saved, tmp_path):
+    from extract_skills.core.skills.checkpoint import CheckpointCorruptError
+
+    blob = torch.load(saved[0], weights_only=True)
+    k = next(k for k, v in blob["skill_decoder"].items() if v.is_floating_point())
+    blob["skill_decoder"][k] = torch.full_like(blob["skill_decoder"][k], float("nan"))
+    torch.save(blob, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointCorruptError, match="non-finite weights in skill_decoder"):
+        load_skill_bundle(tmp_path / "nan.pt")
+
+
+def test_shipped_manifest_lists_every_model_file_with_its_hash():
+    from extract_skills.core.skills.deployment import MANIFEST, read_manifest
+    from extract_skills.core.skills.encoders import file_sha256
+    from extract_skills.graph import default_models_dir
+
+    root = default_models_dir()
+    sums = read_manifest(root)
+    shipped = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.pt"))
+    assert sorted(sums) == shipped, f"{MANIFEST} must list exactly the shipped model files"
+    for rel, digest in sums.items():
+        assert file_sha256(root / rel) == digest, rel

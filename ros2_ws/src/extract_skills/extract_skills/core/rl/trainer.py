@@ -139,10 +139,16 @@ class Learner:
 
 def read_agent_checkpoint(path: Path | str, skill_checkpoint_sha256: str = "") -> dict[str, Any]:
     """Load ``agent.pt``, refusing another schema or (when both are known) another skill checkpoint."""
+    from extract_skills.core.skills.deployment import verify_against_manifest
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"agent checkpoint not found: {path.resolve()}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    verify_against_manifest(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated or altered bytes surface as many torch/zip errors
+        raise ValueError(f"agent checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("schema_version") != CHECKPOINT_SCHEMA:
         got = state.get("schema_version") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path}: agent checkpoint schema {got}, this code reads {CHECKPOINT_SCHEMA}")

@@ -34,6 +34,20 @@ EXPECTABLE = ("schema_version", "encoder_name", "encoder_sha256", "embed_dim", "
               "num_skills", "latent_dim", "argument_bound", "action_low", "action_high")
 
 
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file that cannot be trusted (unreadable, truncated, non-finite, impossible values)."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"checkpoint {path} is corrupt or unusable: " + "; ".join(problems)
+                         + " (regenerate it with scripts/make_models.sh)")
+
+
+#: Skill actions are joint offsets (rad) and a gripper target in [0, 1]: bounds beyond this are not a model of
+#: the arm (a corrupted or wrongly scaled file), whatever else loads.
+MAX_ACTION_BOUND = 10.0
+
+
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit what the caller (or the code) expects; ``.fields`` lists what differs."""
 
@@ -220,6 +234,30 @@ def _differs(expected: Any, actual: Any) -> bool:
     return expected != actual
 
 
+def _sanity_problems(blob: dict[str, Any]) -> list[str]:
+    """Values that load but must never reach the arm: non-finite weights, a zero or negative embedding std
+    (obs = (e - mean) / std), impossible action bounds."""
+    out = []
+    for name in NETWORKS:
+        bad = [k for k, v in blob[name].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            out.append(f"non-finite weights in {name}: {bad[:4]}")
+    for key in ("kmeans_centres", "obs_mean", "obs_std", "action_low", "action_high"):
+        if not torch.isfinite(blob[key]).all():
+            out.append(f"{key} is not finite")
+    if (blob["obs_std"] <= 0).any():
+        out.append(f"obs_std has {int((blob['obs_std'] <= 0).sum())} values <= 0")
+    low, high = blob["action_low"], blob["action_high"]
+    if (low >= high).any():
+        out.append("action_low >= action_high")
+    if (low.abs() > MAX_ACTION_BOUND).any() or (high.abs() > MAX_ACTION_BOUND).any():
+        out.append(f"action bounds beyond +-{MAX_ACTION_BOUND} (rad offsets and a gripper in [0, 1])")
+    bound = float(blob["argument_bound"])
+    if not (0 < bound < 100):
+        out.append(f"argument_bound {bound} is not in (0, 100)")
+    return out
+
+
 def load_skill_bundle(path: Path | str, expect: Mapping[str, Any] | None = None) -> SkillBundle:
     """Rebuild a :class:`SkillBundle` from the file alone.
 
@@ -234,7 +272,12 @@ def load_skill_bundle(path: Path | str, expect: Mapping[str, Any] | None = None)
     unknown = set(expect) - set(EXPECTABLE)
     if unknown:
         raise ValueError(f"unknown expect fields {sorted(unknown)}; valid: {', '.join(EXPECTABLE)}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated or flipped bytes surface as many torch/zip errors
+        raise CheckpointCorruptError(path, [f"unreadable ({type(e).__name__}: {e})"]) from e
+    if not isinstance(blob, dict):
+        raise CheckpointCorruptError(path, [f"holds a {type(blob).__name__}, not a skill checkpoint"])
     missing = [k for k in ("schema_version", "encoder_name", "num_skills", "argument_bound", *NETWORKS)
                if k not in blob]
     if missing:
@@ -266,6 +309,9 @@ def load_skill_bundle(path: Path | str, expect: Mapping[str, Any] | None = None)
             diffs[f"{key}.shape"] = (shape, tuple(blob[key].shape))
     if diffs:
         raise CheckpointMismatchError(path, diffs)
+    problems = _sanity_problems(blob)
+    if problems:
+        raise CheckpointCorruptError(path, problems)
     for name in NETWORKS:
         getattr(model, name).load_state_dict(blob[name])
     meta = BundleMeta(**{f.name: blob[f.name] for f in fields(BundleMeta)})
