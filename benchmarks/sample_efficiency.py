@@ -17,12 +17,15 @@ EXTRACT / SPiRL runs also checkpoint (agent + replay buffer) under ``<out-dir>/<
 
     python benchmarks/sample_efficiency.py --threads 1          # the full table (see RESULTS.md for timing)
     python benchmarks/sample_efficiency.py --quick              # CI smoke: tiny budgets
+    python benchmarks/sample_efficiency.py --methods sac --seeds 1 &   # one process per core, same out dir;
+    python benchmarks/sample_efficiency.py --aggregate-only            # then the table, JSON and plot
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -250,12 +253,20 @@ def main(argv: list[str] | None = None) -> int:
                 if out.is_file():
                     print(f"[{m} s{s}] done before, skipping")
                     continue
+                # several processes may share the out dir (e.g. one per core with --seeds N): claim the run
+                claim = args.out_dir / f"{m}_s{s}.running"
+                try:
+                    os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    print(f"[{m} s{s}] another process runs it (delete {claim} if that process died), skipping")
+                    continue
                 t0 = time.time()
                 print(f"[{m} s{s}] running", flush=True)
                 res = (run_skill_agent(args, m, s) if m in ("extract", "spirl") else
                        run_flat_sac(args, s) if m == "sac" else run_bc(args, s))
                 res["seconds"] = round(time.time() - t0, 1)
                 out.write_text(json.dumps(res, indent=1))
+                claim.unlink()
                 print(f"[{m} s{s}] {res['mean_subtasks']} in {res['seconds']} s", flush=True)
     result = aggregate(args)
     result["wall_clock_s"] = round(time.time() - t_all, 1)

@@ -24,6 +24,7 @@ TOPICS = {
     "subtask_status": "/subtask_status",
     "transitions": "/rl/transitions",
     "policy_weights": "/rl/policy_weights",
+    "arm_fault": "/arm_fault",
 }
 ACTION_EXECUTE_SKILL = "/execute_skill"
 # ResetEpisode reason with which the operator voids an episode: the policy drops its unfinished skill.
@@ -33,6 +34,7 @@ SERVICES = {
     "confirm_outcome": "/confirm_outcome",
     "sim_reset": "/sim/reset",
     "move_home": "/move_home",
+    "clear_fault": "/clear_fault",
 }
 
 

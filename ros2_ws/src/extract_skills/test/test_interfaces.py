@@ -190,3 +190,58 @@ def test_execute_skill_across_processes(action_server_process):
             gh = wait_future(ex, client.send_goal_async(bad))
             assert not gh.accepted, bad
         node.destroy_node()
+
+
+def test_decoder_latches_a_reflex_refuses_goals_and_home_until_cleared(tmp_path):
+    """Reflex mid-skill on the fault-injecting arm: the goal aborts, the fault is latched on /arm_fault,
+    new goals and /move_home are refused until /clear_fault, then a goal runs again."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from extract_skills.core.control.arm import ArmControlError, FakeArmScript
+    from extract_skills.graph import ACTION_EXECUTE_SKILL, SERVICES, TOPICS
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+
+    make_tiny_models(tmp_path)
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
+            Parameter("models_dir", value=str(tmp_path)), Parameter("arm", value="fake"),
+            Parameter("control_period_s", value=0.01), Parameter("max_step_delta", value=0.005)])
+        dec.arm.script = FakeArmScript(raise_at_step={3: ArmControlError})
+        node = rclpy.create_node("latch_test", context=ctx)
+        faults: list[str] = []
+        node.create_subscription(String, TOPICS["arm_fault"], lambda m: faults.append(m.data), QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        client = ActionClient(node, ExecuteSkill, ACTION_EXECUTE_SKILL)
+        home = node.create_client(Trigger, SERVICES["move_home"])
+        clear = node.create_client(Trigger, SERVICES["clear_fault"])
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        ex.add_node(dec)
+        ex.add_node(node)
+        goal = ExecuteSkill.Goal(skill_id=0, argument=[0.0] * 5, step_limit=20, dynamics_factor=0.1)
+        try:
+            assert spin_until(ex, lambda: client.server_is_ready() and home.service_is_ready()
+                              and clear.service_is_ready(), 15.0)
+            assert spin_until(ex, lambda: faults == [""], 5.0), faults  # latched topic: no fault yet
+            h = wait_future(ex, client.send_goal_async(goal))
+            r = wait_future(ex, h.get_result_async()).result
+            assert not r.success and "reflex" in dec.last_result.fault.value
+            assert spin_until(ex, lambda: faults[-1].startswith("reflex"), 5.0), faults
+            h = wait_future(ex, client.send_goal_async(goal))
+            assert not h.accepted  # refused while latched
+            sent = len(dec.arm.commands)
+            resp = wait_future(ex, home.call_async(Trigger.Request()))
+            assert not resp.success and "latched" in resp.message and len(dec.arm.commands) == sent
+            resp = wait_future(ex, clear.call_async(Trigger.Request()))
+            assert resp.success and "cleared reflex" in resp.message and dec.arm.recover_calls == 1
+            assert spin_until(ex, lambda: faults[-1] == "", 5.0)
+            h = wait_future(ex, client.send_goal_async(goal))
+            assert h.accepted
+            r = wait_future(ex, h.get_result_async()).result
+            assert r.success, r.error
+        finally:
+            dec.close()

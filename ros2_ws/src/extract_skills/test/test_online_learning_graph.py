@@ -134,6 +134,7 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
     """The operator console's service calls, against the real supervisor (mode real) and the decoder's gated
     move-home path on the fake arm."""
     from extract_msgs.srv import ConfirmOutcome, ResetEpisode
+    from std_msgs.msg import String
 
     from extract_skills.cli.operator_console import interpret_key
     from extract_skills.graph import RERECORD, SERVICES
@@ -189,5 +190,17 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
             assert call(interpret_key("r", task)).success
             assert spin_until(ex, lambda: EpisodeEvent.TRUNCATED in kinds(), 5.0)
             assert next(e for e in events if e.event == EpisodeEvent.TRUNCATED).detail == RERECORD
+            # an arm fault latched by the decoder ends the running episode, uncounted, and asks for a person;
+            # no episode starts again until the fault is cleared
+            assert call(interpret_key("h", task)).success
+            assert spin_until(ex, lambda: kinds().count(EpisodeEvent.START) == 3, 30.0), kinds()
+            dec.pub_fault.publish(String(data="reflex: joint 4 torque"))
+            assert spin_until(ex, lambda: EpisodeEvent.NEEDS_HUMAN in kinds(), 5.0), kinds()
+            assert sup.summary[-1]["counted"] is False and "arm fault" in events[-2].detail
+            assert call(interpret_key("h", task)).success
+            spin_until(ex, lambda: False, 1.0)
+            assert kinds().count(EpisodeEvent.START) == 3  # still waiting for /clear_fault
+            dec.pub_fault.publish(String(data=""))
+            assert spin_until(ex, lambda: kinds().count(EpisodeEvent.START) == 4, 30.0), kinds()
         finally:
             dec.close()

@@ -306,3 +306,50 @@ def test_config_validation():
         ExecutorConfig(heartbeat_timeout_s=float("nan"))
     with pytest.raises(ValueError):
         ExecutorConfig(period_s=-1)
+
+
+# ---------------------------------------------------------------- fault latch
+def test_reflex_latches_until_an_operator_clears_it_and_the_arm_recovers():
+    from extract_skills.core.control.arm import ArmControlError
+    from extract_skills.core.control.fault_latch import FaultLatch
+
+    arm, ex, _ = make(script=FakeArmScript(raise_at_step={3: ArmControlError}))
+    latch = FaultLatch()
+    res = ex.run(actions(10))
+    assert res.fault is Fault.REFLEX and latch.record(res)
+    with pytest.raises(GoalRejectedError, match="arm fault latched \\(reflex.*clear_fault"):
+        latch.check()
+    # a second fault does not overwrite the first one
+    from extract_skills.core.control.skill_executor import SkillResult, SkillStatus
+    assert latch.record(SkillResult(SkillStatus.ABORTED, False, "net", 0, np.zeros(7), 0, fault=Fault.NETWORK))
+    assert latch.latched.fault is Fault.REFLEX
+    arm.script.recover_succeeds = False
+    ok, msg = latch.clear(arm)
+    assert not ok and "did not recover" in msg and latch.latched is not None
+    arm.script.recover_succeeds = True
+    ok, msg = latch.clear(arm)
+    assert ok and latch.latched is None and arm.recover_calls == 2
+    latch.check()  # nothing latched: goals pass
+
+
+def test_estop_cannot_be_cleared_before_it_is_released():
+    from extract_skills.core.control.fault_latch import FaultLatch
+
+    arm, ex, _ = make(script=FakeArmScript(estop_at_step=2))
+    latch = FaultLatch()
+    res = ex.run(actions(10))
+    assert res.fault is Fault.USER_STOP and latch.record(res)
+    ok, msg = latch.clear(arm)
+    assert not ok and "release the e-stop" in msg
+    arm.release_estop()
+    assert latch.clear(arm)[0] and latch.latched is None
+
+
+@pytest.mark.parametrize("fault", [Fault.CANCELED, Fault.PREEMPTED, Fault.HEARTBEAT, Fault.UNSAFE, Fault.NONE])
+def test_faults_the_software_handles_do_not_latch(fault):
+    from extract_skills.core.control.fault_latch import FaultLatch
+    from extract_skills.core.control.skill_executor import SkillResult, SkillStatus
+
+    latch = FaultLatch()
+    res = SkillResult(SkillStatus.ABORTED, False, "x", 0, np.zeros(7), 0, fault=fault)
+    assert not latch.record(res) and latch.latched is None

@@ -15,6 +15,8 @@ from extract_msgs.msg import EpisodeEvent, SkillCommand, SubtaskStatus
 from extract_msgs.srv import ConfirmOutcome, ResetEpisode
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from extract_skills.core.rl.episode import EpisodeTracker, Outcome
@@ -66,6 +68,10 @@ class RewardResetSupervisor(Node):
         self.create_service(ConfirmOutcome, SERVICES["confirm_outcome"], self._on_confirm, callback_group=group)
         reset_srv = SERVICES["sim_reset"] if self.p["mode"] == "sim" else SERVICES["move_home"]
         self.reset_client = self.create_client(Trigger, reset_srv, callback_group=group)
+        self._arm_fault = ""  # latched by the decoder; no episode starts until an operator clears it
+        self.create_subscription(String, TOPICS["arm_fault"], self._on_arm_fault, QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL),
+            callback_group=group)
         self.create_timer(0.05, self._tick, callback_group=group)
 
     # -------------------------------------------------------------------------- events
@@ -86,6 +92,19 @@ class RewardResetSupervisor(Node):
             for name in self.tracker.update(dict(zip(msg.names, msg.done))):
                 self.get_logger().info(f"episode {self.episode_id}: completed {name}")
                 self._publish(EpisodeEvent.REWARD, 1.0, name)
+
+    def _on_arm_fault(self, msg: String) -> None:
+        with self._lock:
+            if msg.data == self._arm_fault:
+                return
+            self._arm_fault = msg.data
+            if not msg.data:
+                self.get_logger().info("arm fault cleared by an operator")
+                return
+            self.get_logger().error(f"arm fault: {msg.data}")
+            if self._state == "running":
+                self._end(Outcome.TRUNCATED, f"arm fault: {msg.data}", counted=False)
+            self._publish(EpisodeEvent.NEEDS_HUMAN, 0.0, f"arm fault: {msg.data} (clear it with /clear_fault)")
 
     def _on_skill(self, msg: SkillCommand) -> None:
         with self._lock:
@@ -121,12 +140,13 @@ class RewardResetSupervisor(Node):
             return resp
 
     # -------------------------------------------------------------------------- lifecycle
-    def _end(self, outcome: Outcome, detail: str) -> None:
+    def _end(self, outcome: Outcome, detail: str, counted: bool = True) -> None:
         event = {Outcome.SUCCESS: EpisodeEvent.SUCCESS, Outcome.FAILURE: EpisodeEvent.FAILURE,
                  Outcome.TRUNCATED: EpisodeEvent.TRUNCATED}[outcome]
         self._publish(event, 0.0, detail)
         t = self.tracker
-        self.summary.append({"episode": self.episode_id, "outcome": outcome.value, "return": t.episode_return,
+        self.summary.append({"episode": self.episode_id, "outcome": outcome.value, "counted": counted,
+                             "return": t.episode_return,
                              "skills": t.skills, "completed": list(t.completed),
                              "seconds": round(time.monotonic() - self._t_start, 1)})
         self.get_logger().info(f"episode {self.episode_id} {outcome.value}: return {t.episode_return}, "
@@ -147,7 +167,7 @@ class RewardResetSupervisor(Node):
                 elif now - self._t_start > self.p["max_episode_s"]:
                     self._end(Outcome.TRUNCATED, f"time limit ({self.p['max_episode_s']} s)")
             elif self._state == "ending" and now - self._ended_at >= self.p["settle_s"]:
-                if self.p["num_episodes"] and len(self.summary) >= self.p["num_episodes"]:
+                if self.p["num_episodes"] and sum(e["counted"] for e in self.summary) >= self.p["num_episodes"]:
                     self._state, self.finished = "done", True
                     return
                 self._state = "reset"
@@ -161,7 +181,7 @@ class RewardResetSupervisor(Node):
                    for info in self.get_subscriptions_info_by_topic(TOPICS["episode_event"]))
 
     def _try_reset(self, now: float) -> None:
-        if not self._operator_ok:
+        if not self._operator_ok or self._arm_fault:
             return
         if self.p["wait_for_policy"] and not self._policy_listening():
             if not self._said_waiting:

@@ -17,10 +17,12 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Header
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from extract_skills.core.control.arm import Arm, ArmNetworkError, ArmState, FakeArm
+from extract_skills.core.control.fault_latch import FaultLatch
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.control.safety import CheckedCommand, SafetyLimits, check_command, check_dynamics_factor
 from extract_skills.core.control.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
@@ -51,6 +53,7 @@ DEFAULTS = {
     "state_max_age_s": 0.5,
     "publish_joint_states_hz": 25.0,  # franky/fake arms: this node publishes /joint_states
     "home_q": HOME_Q,
+    "latch_faults": True,  # e-stop/reflex/network/realtime faults block all motion until /clear_fault
 }
 
 
@@ -128,7 +131,13 @@ class SkillDecoderServer(Node):
         self._preempted: dict[int, str] = {}
         self._heartbeat_t: float | None = None
         self.last_result = None  # SkillResult of the last skill (observability, tests)
+        self.latch = FaultLatch()
         group = ReentrantCallbackGroup()
+        # the fault state, latched for late joiners (the supervisor, an operator's `ros2 topic echo`)
+        self.pub_fault = self.create_publisher(String, TOPICS["arm_fault"], QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.pub_fault.publish(String(data=""))
+        self.create_service(Trigger, SERVICES["clear_fault"], self._on_clear_fault, callback_group=group)
         self.pub_cmd = self.create_publisher(JointState, TOPICS["joint_commands"], 10) if kind != "sim" else None
         self.create_subscription(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10, callback_group=group)
         self.server = ActionServer(self, ExecuteSkill, ACTION_EXECUTE_SKILL, self._execute,
@@ -170,6 +179,7 @@ class SkillDecoderServer(Node):
 
     def _on_goal(self, goal: ExecuteSkill.Goal) -> GoalResponse:
         try:
+            self.latch.check()
             validate_goal(int(goal.skill_id), list(goal.argument), self.bundle.num_skills, self.bundle.meta.latent_dim,
                           self.bundle.argument_bound)
             check_dynamics_factor(goal.dynamics_factor, self.limits)
@@ -233,6 +243,7 @@ class SkillDecoderServer(Node):
             return out
         self._preempted.pop(id(handle), None)
         self.last_result = result
+        self._record_fault(result)
         out.success, out.error = result.success, result.error
         out.steps_executed, out.clipped_steps = result.steps_executed, result.clipped_count
         out.final_joint_positions = [float(x) for x in result.final_q]
@@ -248,8 +259,27 @@ class SkillDecoderServer(Node):
             handle.abort()
         return out
 
+    def _record_fault(self, result) -> None:
+        if self.p["latch_faults"] and self.latch.record(result):
+            f = self.latch.latched
+            self.get_logger().error(f"arm fault latched ({f.fault.value}: {f.error}): no motion until /clear_fault")
+            self.pub_fault.publish(String(data=f"{f.fault.value}: {f.error}"))
+
+    def _on_clear_fault(self, _req, resp):
+        ok, message = self.latch.clear(self.arm)
+        resp.success, resp.message = ok, message
+        (self.get_logger().info if ok else self.get_logger().error)(f"clear fault: {message}")
+        if ok:
+            self.pub_fault.publish(String(data=""))
+        return resp
+
     def _on_move_home(self, _req, resp):
         """Scripted move home through the same checked path (small steps toward home_q)."""
+        try:
+            self.latch.check()
+        except GoalRejectedError as exc:
+            resp.success, resp.message = False, str(exc)
+            return resp
         home = np.asarray(self.p["home_q"], dtype=np.float64)
         step = self.limits.max_step_delta
 
@@ -263,6 +293,7 @@ class SkillDecoderServer(Node):
 
         with self._exec_lock:
             r = self.home_executor.run(actions())
+        self._record_fault(r)
         q = self.arm.read_state().q
         ok = r.success and float(np.max(np.abs(home - q))) < 0.02
         resp.success = ok
