@@ -132,6 +132,7 @@ class SkillDecoderServer(Node):
         self._heartbeat_t: float | None = None
         self.last_result = None  # SkillResult of the last skill (observability, tests)
         self.latch = FaultLatch()
+        self._shutting_down = ""
         group = ReentrantCallbackGroup()
         # the fault state, latched for late joiners (the supervisor, an operator's `ros2 topic echo`)
         self.pub_fault = self.create_publisher(String, TOPICS["arm_fault"], QoSProfile(
@@ -177,7 +178,25 @@ class SkillDecoderServer(Node):
             return
         self.pub_js.publish(joint_state_msg(s.q, s.gripper, self.get_clock().now().to_msg(), dq=s.dq))
 
+    def prepare_shutdown(self, reason: str = "shutting down") -> None:
+        """Stop taking goals and end the running skill through the executor's stop path (the arm stops, the
+        client gets ABORTED with the reason) while the executor still runs, so nothing is left in flight."""
+        self._shutting_down = reason
+        with self._goal_lock:
+            if self._active is not None and self._active.is_active:
+                self._preempted[id(self._active)] = reason
+
+    def is_idle(self) -> bool:
+        """No skill or move home is driving the arm."""
+        if self._exec_lock.acquire(blocking=False):
+            self._exec_lock.release()
+            return True
+        return False
+
     def _on_goal(self, goal: ExecuteSkill.Goal) -> GoalResponse:
+        if self._shutting_down:
+            self.get_logger().error(f"rejecting skill goal: {self._shutting_down}")
+            return GoalResponse.REJECT
         try:
             self.latch.check()
             validate_goal(int(goal.skill_id), list(goal.argument), self.bundle.num_skills, self.bundle.meta.latent_dim,

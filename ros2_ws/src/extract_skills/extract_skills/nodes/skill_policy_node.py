@@ -93,6 +93,7 @@ class SkillPolicyNode(Node):
         self.counters = {"goals": 0, "succeeded": 0, "failed": 0, "refused_obs": 0, "transitions": 0,
                          "weights_loaded": 0, "weights_refused": 0, "lost_goals": 0}
         self._sent_at = 0.0
+        self._closing = False
         self._last_feedback = 0.0
         self._goal_seq = 0
         self._skill_ended_at: Time | None = None  # the next decision needs a frame stamped after this
@@ -187,6 +188,14 @@ class SkillPolicyNode(Node):
             if c.episodes % self.p["checkpoint_every"] == 0:
                 path = self.learner.checkpoint({"skill_checkpoint": self.p["checkpoint"]})
                 self.get_logger().info(f"checkpoint {path} after {c.episodes} episodes ({self.agent.updates} updates)")
+
+    def prepare_shutdown(self, reason: str = "shutting down") -> None:
+        """Send no new goal; cancel the one in flight."""
+        self.active = False
+        self._closing = True
+        handle = self._goal_handle
+        if handle is not None:
+            handle.cancel_goal_async()
 
     def close(self) -> None:
         """Keep what was learnt: a last checkpoint when the graph shuts down."""
@@ -292,6 +301,8 @@ class SkillPolicyNode(Node):
             self._in_flight = False
 
     def _maybe_act(self) -> None:
+        if self._closing:
+            return
         with self._goal_lock:
             self._give_up_lost_goal()
         if not self.active or not self.client.server_is_ready():
