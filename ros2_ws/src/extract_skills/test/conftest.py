@@ -22,3 +22,17 @@ if _wanted is not None and int(_wanted) in DEPLOYMENT_DOMAINS:
 os.environ["ROS_DOMAIN_ID"] = _wanted if _wanted is not None else str(TEST_DOMAINS[os.getpid() % len(TEST_DOMAINS)])
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.pop("ROS_STATIC_PEERS", None)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny networks: one torch thread avoids oversubscribing the 2 cores when other jobs share them."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

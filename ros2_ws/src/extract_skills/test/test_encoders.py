@@ -8,12 +8,7 @@ from extract_skills.core.skills.encoders import (EncoderWeightsMissingError, TCN
                                           train_tcn_encoder)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny CPU workloads; avoids oversubscription when other jobs share the cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _r3m_file(path, seed=0):

@@ -11,12 +11,7 @@ from extract_skills.core.skills.encoders import file_sha256
 N_STEPS, N_EPISODES, PX = 40, 4, 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _episode(seed: int) -> EpisodeData:

@@ -18,12 +18,7 @@ ENV_STEPS = 6000  # low-level steps of training (0.08 s each)
 EVAL_EPISODES = 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_short_seeded_run_raises_mean_return_over_the_prior_policy(tmp_path):

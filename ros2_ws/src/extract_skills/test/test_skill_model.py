@@ -10,12 +10,7 @@ from extract_skills.core.skills.skill_model import (SkillModelConfig, SkillTrain
 SHORT_LEN, LONG_LEN = 6, 20  # steps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny LSTMs; avoids oversubscription when other jobs share the cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _synthetic(n_per_skill: int = 48, obs_dim: int = 10, seed: int = 0) -> SkillTrainingData:

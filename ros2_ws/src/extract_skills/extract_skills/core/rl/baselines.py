@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extract_skills.core.rl.skill_sac import polyak_update
+
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
@@ -113,10 +115,7 @@ class FlatSAC(nn.Module):
         self.alpha_opt.zero_grad()
         a_loss.backward()
         self.alpha_opt.step()
-        with torch.no_grad():
-            for net, targ in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
-                for p, tp in zip(net.parameters(), targ.parameters()):
-                    tp.lerp_(p, self.cfg.tau)
+        polyak_update(((self.q1, self.q1_t), (self.q2, self.q2_t)), self.cfg.tau)
         return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha)}
 
 

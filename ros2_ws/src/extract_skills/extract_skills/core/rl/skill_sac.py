@@ -125,6 +125,14 @@ def _q_all(critic: SkillCritic, obs: torch.Tensor, z: torch.Tensor) -> torch.Ten
     return torch.diagonal(q, dim1=1, dim2=2)
 
 
+@torch.no_grad()
+def polyak_update(pairs, tau: float) -> None:
+    """target <- (1 - tau) target + tau online, for every (online, target) network pair."""
+    for net, targ in pairs:
+        for p, tp in zip(net.parameters(), targ.parameters()):
+            tp.lerp_(p, tau)
+
+
 def categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) over the last dim; both strictly positive (the floor guarantees it)."""
     return (p * (p.log() - q.log())).sum(-1)
@@ -244,10 +252,7 @@ class HybridSkillSAC(nn.Module):
             alpha_loss.backward()
             self.alpha_opt.step()
 
-        with torch.no_grad():
-            for net, targ in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-                for p, tp in zip(net.parameters(), targ.parameters()):
-                    tp.lerp_(p, self.cfg.tau)
+        polyak_update(((self.q1, self.q1_target), (self.q2, self.q2_target)), self.cfg.tau)
         self.updates += 1
         alpha_z, alpha_d = self.alphas
         info.update(actor_loss=float(a_loss.detach()), kl_z=kl_z, kl_d=kl_d, alpha_z=alpha_z, alpha_d=alpha_d)
