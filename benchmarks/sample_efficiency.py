@@ -85,6 +85,8 @@ def _env(args, checkpoint: Path, flat: bool = False, spirl: bool = False):
 
 
 def run_skill_agent(args, method: str, seed: int) -> dict:
+    import torch
+
     from extract_skills.core.rl.skill_sac import HybridSkillSAC, SkillSACConfig
     from extract_skills.core.rl.trainer import Learner, TrainConfig, train
     from extract_skills.core.skills.encoders import file_sha256
@@ -92,6 +94,7 @@ def run_skill_agent(args, method: str, seed: int) -> dict:
     ckpt = args.checkpoint if method == "extract" else args.spirl_checkpoint
     env, bundle = _env(args, ckpt, spirl=method == "spirl")
     quick = dict(batch_size=16, learning_starts=16) if args.quick else {}
+    torch.manual_seed(seed)  # network initialisation
     agent = HybridSkillSAC(bundle.model, bundle.argument_bound, SkillSACConfig(utd=args.utd, **quick))
     run_dir = args.out_dir / f"{method}_s{seed}"
     learner = Learner(agent, run_dir, seed=seed, skill_checkpoint_sha256=file_sha256(ckpt))
