@@ -227,3 +227,17 @@ def test_network_loss_mid_motion_is_network_error():
         with pytest.raises(ArmNetworkError, match="recreated|connect"):
             arm.read_state()  # the handle is dead: no silent reconnect
 
+
+
+def test_connecting_leaves_the_callers_scheduling_alone(sim):
+    """franky raised the calling thread to SCHED_FIFO 99; every process started from it afterwards ran realtime
+    (a learner child process starved both cores for 10 minutes in a test run)."""
+    import os
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    a = FrankyArm(FrankyArmConfig(robot_ip=sim, realtime="ignore", relative_dynamics_factor=0.3), LIMITS)
+    a.connect()
+    try:
+        assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    finally:
+        a.disconnect()

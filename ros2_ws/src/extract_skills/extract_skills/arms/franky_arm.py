@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -189,6 +190,10 @@ class FrankyArm(Arm):
                 "install a franky build against the libfranka your Panda's system image supports (< 0.10)"
             )
         rt = f.RealtimeConfig.Enforce if cfg.realtime == "enforce" else f.RealtimeConfig.Ignore
+        # Creating the robot raises the *calling* thread to SCHED_FIFO 99 (seen here: the pytest process, and
+        # every process it started afterwards, ran realtime and starved the machine; in a node it is the ROS
+        # executor's thread). Only libfranka's own control thread should run realtime: put the caller back.
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
         try:
             robot = f.Robot(cfg.robot_ip, relative_dynamics_factor=cfg.relative_dynamics_factor, realtime_config=rt)
         except f.IncompatibleVersionException as exc:
@@ -204,6 +209,9 @@ class FrankyArm(Arm):
                 f"no realtime scheduling for the control loop: {exc}. On the real robot grant rtprio/memlock "
                 "(RT kernel); realtime='ignore' is for simulation and CI only"
             ) from exc
+        finally:
+            if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+                os.sched_setscheduler(0, policy, param)
         self._robot = robot
         with self._errors("recover_from_errors on connect"):
             robot.recover_from_errors()
