@@ -164,12 +164,36 @@ def run_flat_sac(args, seed: int) -> dict:
     return {"steps": [s for s, _ in curve], "mean_subtasks": [v for _, v in curve], "episodes": episode}
 
 
+def _make_bc_demos(env, n: int, seed: int) -> dict:
+    """Scripted demos on the benchmark's own kitchen, embedded with the checkpoint's encoder (what
+    ``extract embed`` stores), for BC when no extract run directory is at hand."""
+    from extract_skills.core.sim.scripted_demos import (DemoConfig, ScriptedDemo, heldout_task_sequences,
+                                                        sample_task_sequence)
+
+    from extract_skills.core.sim.kitchen import KitchenConfig, KitchenSim
+
+    print(f"  [bc] no extract run: generating {n} scripted demos and embedding them", flush=True)
+    cfg = DemoConfig(min_subtasks=1, max_subtasks=1 if n == 1 else 4)
+    sim = KitchenSim(KitchenConfig())  # demos record a frame every step
+    try:
+        gen, rng = ScriptedDemo(sim, cfg), np.random.default_rng(10_000 + seed)
+        eps = [gen.run_episode(sample_task_sequence(rng, cfg, heldout_task_sequences()), 20_000 + seed * 100 + i)[0]
+               for i in range(n)]
+    finally:
+        sim.close()
+    return {"emb": [env.encoder.embed_frames(e.images) for e in eps], "proprio": [e.proprio() for e in eps],
+            "actions": [e.skill_actions() for e in eps]}
+
+
 def run_bc(args, seed: int) -> dict:
     from extract_skills.cli.extract_pipeline import _load_embeddings
     from extract_skills.core.rl.baselines import train_bc
 
     env, bundle = _env(args, args.checkpoint, flat=True)
-    data = _load_embeddings(args.run_dir, thumbs=False)
+    if (args.run_dir / "embeddings.npz").is_file():
+        data = _load_embeddings(args.run_dir, thumbs=False)
+    else:  # a fresh clone has no extract run: make a few demos (never a held-out task) and embed them
+        data = _make_bc_demos(env, n=1 if args.quick else 20, seed=seed)
     obs = [np.stack([bundle.make_obs(e, p) for e, p in zip(emb[:len(a)], prop[:len(a)])])
            for emb, prop, a in zip(data["emb"], data["proprio"], data["actions"])]
     policy = train_bc(obs, data["actions"], steps=100 if args.quick else 4000, seed=seed)
