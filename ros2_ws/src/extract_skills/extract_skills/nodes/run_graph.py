@@ -105,7 +105,7 @@ def _progress(supervisor, policy):
             seen[0] += 1
             who = "learned policy" if getattr(policy, "agent", None) is not None else "priors"
             learning = getattr(policy, "learner", None)
-            extra = f", {learning.agent.updates} updates" if learning is not None else ""
+            extra = f", {learning.agent.updates} fine-tuning updates" if learning is not None else ""
             bar.write(f"episode {s['episode']}: {s['outcome']}, return {s['return']:.0f}, {s['skills']} skills "
                       f"({who}{extra}), completed: {', '.join(s['completed']) or '-'}")
             bar.update(1)
