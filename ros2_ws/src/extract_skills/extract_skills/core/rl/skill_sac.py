@@ -168,7 +168,7 @@ class HybridSkillSAC(nn.Module):
     @property
     def alphas(self) -> tuple[float, float]:
         if self.cfg.auto_alpha:
-            return float(self.log_alpha_z.exp()), float(self.log_alpha_d.exp())
+            return float(self.log_alpha_z.detach().exp()), float(self.log_alpha_d.detach().exp())
         return self.cfg.alpha_z, self.cfg.alpha_d
 
     @torch.no_grad()
