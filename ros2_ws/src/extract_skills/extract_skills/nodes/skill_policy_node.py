@@ -319,7 +319,9 @@ class SkillPolicyNode(Node):
                 return
             self._in_flight = True
             self._sent_at = time.monotonic()
-            self._emit(self.assembler.decide(self.episode_id, obs, d, z, logp, self.policy_version))
+            self._goal_seq += 1
+            seq = self._goal_seq
+            closed = self.assembler.decide(self.episode_id, obs, d, z, logp, self.policy_version)
         cmd = SkillCommand()
         cmd.header.stamp = self.embedding.value.header.stamp
         cmd.header.frame_id = self.get_name()
@@ -330,10 +332,11 @@ class SkillPolicyNode(Node):
         goal = ExecuteSkill.Goal(skill_id=d, argument=cmd.argument, step_limit=self.p["step_limit"],
                                  dynamics_factor=self.p["dynamics_factor"], episode_id=self.episode_id)
         self.counters["goals"] += 1
-        self._goal_seq += 1
-        seq = self._goal_seq
         self.client.send_goal_async(goal, feedback_callback=self._on_feedback).add_done_callback(
             lambda f: self._on_goal_response(f, seq))
+        # Learn from the previous skill while this one runs: gradient steps here, not before the send, keep
+        # them out of the gap between two skills (and out of the goal lock the result callbacks need).
+        self._emit(closed)
 
     def _on_feedback(self, _msg) -> None:
         self._last_feedback = time.monotonic()
