@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from extract_skills.core.data.atomic_io import atomic_write
+from extract_skills.core.skills.encoders import file_sha256
 
 LOG = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -197,7 +190,7 @@ class ReplayBuffer:
         if not p.is_file():
             LOG.warning("replay buffer: chunk %s is missing; its %d transitions are skipped", info.name, info.count)
             return None
-        if sha256_of(p) != info.sha256:
+        if file_sha256(p) != info.sha256:
             LOG.warning("replay buffer: chunk %s does not match its sha256 (corrupt); skipped", info.name)
             return None
         try:

@@ -15,7 +15,9 @@ weights file; the checkpoint contract refuses a mismatch.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +126,14 @@ def import_pretrained(name: str, out_path: Path | str, image_size: int) -> Path:
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """sha256 of a file; remembered per (path, size, mtime), so the manifest check, the encoder identity and
+    the nodes' checkpoint hashes read a 45 MB file once per process, not once per caller."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, chunk)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, _size: int, _mtime_ns: int, chunk: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
