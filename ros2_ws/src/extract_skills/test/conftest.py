@@ -36,3 +36,8 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# The re-run policy's hooks (pytest finds them by name in this module).
+from support.rerun_policy import (  # noqa: E402,F401
+    pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish)

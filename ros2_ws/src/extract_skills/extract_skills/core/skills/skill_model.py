@@ -49,6 +49,7 @@ class SkillModelConfig:
     label_smoothing: float = 0.1  # skill-prior cross-entropy (calibration; temperature is fitted afterwards)
     prior_floor: float = 0.01  # p(d|s) = (1 - floor) softmax + floor / K: no probability below floor / K
     lr: float = 1e-3  # AdamW learning rate (EXTRACT: 1e-3)
+    lr_final_fraction: float = 1.0  # cosine decay of lr to lr * this over train_steps (1.0: constant)
     weight_decay: float = 1e-2  # AdamW default
     max_segment_len: int = 30  # steps, longest segment = default rollout cap
     progress_threshold: float = 0.9  # stop a rollout once predicted progress >= this (see README/report)
@@ -65,6 +66,8 @@ class SkillModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.beta < 0 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("beta and weight_decay must be >= 0 and lr > 0")
+        if not 0.0 < self.lr_final_fraction <= 1.0:
+            raise ValueError(f"lr_final_fraction must be in (0, 1], got {self.lr_final_fraction}")
         if not self.mean_bound > 0:
             raise ValueError(f"mean_bound must be > 0, got {self.mean_bound}")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.prior_floor < 1.0:
@@ -456,6 +459,8 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
     acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
     model = SkillModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Cosine decay: at a constant lr the minibatch noise sets a floor on the decoder's precision.
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train_steps, eta_min=cfg.lr * cfg.lr_final_fraction)
     history: dict[str, list[float]] = {}
     n = len(lens)
     vt = _tensors(val, cfg, action_low, action_high) if val is not None else None
@@ -470,6 +475,7 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
         losses["total"].backward()
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
+        sched.step()
         scalars = {k: float(v.item()) for k, v in losses.items()}
         if vt is not None and (step % eval_every == eval_every - 1 or step == cfg.train_steps - 1):
             model.eval()
