@@ -261,3 +261,64 @@ def test_policy_gives_up_a_goal_lost_with_a_dead_decoder_and_acts_again_after_it
             assert feed_until(lambda: pol.counters["goals"] > goals, 60.0), pol.counters
         finally:
             stop_process(decoder)
+
+
+def test_policy_goal_needs_a_fresh_heartbeat_from_its_own_sender(models):
+    """RELIABILITY row 14 / issue 14: a goal naming a heartbeat source is refused without a fresh beat from that
+    source, another node's beats do not keep it alive, and a stale source mid-skill stops the arm."""
+    from action_msgs.msg import GoalStatus
+    from extract_msgs.action import ExecuteSkill
+    from rclpy.action import ActionClient
+    from std_msgs.msg import Header
+
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
+    from support.ros_graph import wait_future
+
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "arm": "fake", "control_period_s": 0.02, "max_step_delta": 0.01,
+             "heartbeat_timeout_s": 0.5}))
+        test = rclpy.create_node("hb_test", context=ctx)
+        hb_pub = test.create_publisher(Header, HEARTBEAT_TOPIC, 10)
+        client = ActionClient(test, ExecuteSkill, "/execute_skill")
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        ex.add_node(dec)
+        ex.add_node(test)
+
+        def beat(name):
+            hb_pub.publish(Header(frame_id=name))
+
+        def goal(source, steps=5):
+            return ExecuteSkill.Goal(skill_id=0, argument=[0.0] * 5, step_limit=steps, dynamics_factor=0.1,
+                                     heartbeat_source=source)
+
+        try:
+            assert spin_until(ex, client.server_is_ready, 15.0)
+            # an impostor's beats arrive, the named policy has never beaten: refused
+            assert spin_until(ex, lambda: (beat("someone_else"), "someone_else" in dec._heartbeats)[1], 10.0)
+            gh = wait_future(ex, client.send_goal_async(goal("my_policy")))
+            assert not gh.accepted and not dec.arm.commands
+            # the named policy beats: accepted and runs to the end while it keeps beating
+            assert spin_until(ex, lambda: (beat("my_policy"), dec._heartbeat_age("my_policy") < 0.2)[1], 10.0)
+            gh = wait_future(ex, client.send_goal_async(goal("my_policy")))
+            assert gh.accepted
+            fut = gh.get_result_async()
+            assert spin_until(ex, lambda: (beat("my_policy"), fut.done())[1], 20.0)
+            assert fut.result().status == GoalStatus.STATUS_SUCCEEDED, fut.result().result.error
+            # it stops beating mid-skill while the impostor goes on: the watchdog stops the skill
+            assert spin_until(ex, lambda: (beat("my_policy"), dec._heartbeat_age("my_policy") < 0.2)[1], 10.0)
+            gh = wait_future(ex, client.send_goal_async(goal("my_policy", steps=1000)))
+            assert gh.accepted
+            fut = gh.get_result_async()
+            assert spin_until(ex, lambda: (beat("someone_else"), fut.done())[1], 30.0)
+            assert fut.result().status == GoalStatus.STATUS_ABORTED
+            assert dec.last_result.fault is Fault.HEARTBEAT and dec.last_result.steps_executed < 1000
+            assert dec.arm.is_stationary() and dec.arm.stop_calls >= 1
+            # an operator goal (no source) is not watched: it runs with no heartbeat at all
+            gh = wait_future(ex, client.send_goal_async(goal("")))
+            assert gh.accepted
+            res = wait_future(ex, gh.get_result_async(), 20.0)
+            assert res.status == GoalStatus.STATUS_SUCCEEDED, res.result.error
+        finally:
+            dec.close()

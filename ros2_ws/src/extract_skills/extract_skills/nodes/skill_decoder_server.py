@@ -49,7 +49,7 @@ DEFAULTS = {
     "workspace_max": [0.85, 0.85, 1.2],
     "max_dynamics_factor": 0.3,
     "control_period_s": 0.08,  # s per decoder step
-    "heartbeat_timeout_s": 0.5,  # s, policy heartbeat age that stops the arm (once a policy was seen)
+    "heartbeat_timeout_s": 0.5,  # s, age of a policy goal's own sender's heartbeat that refuses/stops it
     "state_max_age_s": 0.5,
     "publish_joint_states_hz": 25.0,  # franky/fake arms: this node publishes /joint_states
     "home_q": HOME_Q,
@@ -129,7 +129,7 @@ class SkillDecoderServer(Node):
         self._goal_lock = threading.Lock()
         self._active = None
         self._preempted: dict[int, str] = {}
-        self._heartbeat_t: float | None = None
+        self._heartbeats: dict[str, float] = {}  # heartbeat source (sender's node name) -> arrival, monotonic
         self.last_result = None  # SkillResult of the last skill (observability, tests)
         self.latch = FaultLatch()
         self._shutting_down = ""
@@ -163,12 +163,13 @@ class SkillDecoderServer(Node):
                                          relative_dynamics_factor=self.p["robot_dynamics_factor"]), self.limits)
 
     # -------------------------------------------------------------------------- callbacks
-    def _on_heartbeat(self, _msg: Header) -> None:
-        self._heartbeat_t = time.monotonic()
+    def _on_heartbeat(self, msg: Header) -> None:
+        if msg.frame_id:  # the sender names itself; a goal names the sender whose heartbeat watches it
+            self._heartbeats[msg.frame_id] = time.monotonic()
 
-    def _heartbeat(self) -> float:
-        # Before any policy has spoken (operator goals via `ros2 action send_goal`) there is nothing to watch.
-        return time.monotonic() if self._heartbeat_t is None else self._heartbeat_t
+    def _heartbeat_age(self, source: str) -> float:
+        t = self._heartbeats.get(source)
+        return float("inf") if t is None else time.monotonic() - t
 
     def _publish_state(self) -> None:
         try:
@@ -202,6 +203,12 @@ class SkillDecoderServer(Node):
             validate_goal(int(goal.skill_id), list(goal.argument), self.bundle.num_skills, self.bundle.meta.latent_dim,
                           self.bundle.argument_bound)
             check_dynamics_factor(goal.dynamics_factor, self.limits)
+            # A policy goal runs only while its sender is seen alive: it must have a fresh heartbeat now,
+            # not just "some heartbeat at some time" (a goal sent before any heartbeat ran unwatched).
+            src = goal.heartbeat_source
+            if src and not self._heartbeat_age(src) <= self.p["heartbeat_timeout_s"]:
+                raise GoalRejectedError(f"no fresh heartbeat from {src!r} (last {self._heartbeat_age(src):.2f} s ago, "
+                                        f"limit {self.p['heartbeat_timeout_s']} s)")
         except (GoalRejectedError, ValueError) as exc:
             self.get_logger().error(f"rejecting skill goal: {exc}")
             return GoalResponse.REJECT
@@ -238,7 +245,10 @@ class SkillDecoderServer(Node):
                 self.pub_cmd.publish(joint_state_msg(q_sent, gripper["cmd"], self.get_clock().now().to_msg()))
 
         out = ExecuteSkill.Result()
-        t_goal = time.monotonic()
+        src = goal.heartbeat_source
+        # A policy goal is watched by its own sender's heartbeat, nobody else's; an operator goal (no source,
+        # e.g. `ros2 action send_goal`) has no heartbeat to watch: the operator holds the user stop.
+        heartbeat = (lambda: self._heartbeats.get(src, 0.0)) if src else time.monotonic
         with self._exec_lock:
             if id(handle) in self._preempted:  # superseded while waiting for the arm
                 result = None
@@ -248,8 +258,7 @@ class SkillDecoderServer(Node):
                         decoded(),
                         is_cancel_requested=lambda: handle.is_cancel_requested,
                         is_preempted=lambda: self._preempted.get(id(handle)),
-                        # sending the goal is itself a sign of life: age the heartbeat from then at most
-                        heartbeat=lambda: max(t_goal, self._heartbeat()), feedback=feedback)
+                        heartbeat=heartbeat, feedback=feedback)
                 except Exception as exc:  # noqa: BLE001 - a bug must end the goal, not leave it dangling
                     self.get_logger().fatal(f"skill execution failed: {exc!r}")
                     self._preempted.pop(id(handle), None)

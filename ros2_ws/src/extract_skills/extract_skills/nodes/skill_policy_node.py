@@ -330,7 +330,8 @@ class SkillPolicyNode(Node):
         cmd.log_prob, cmd.episode_id = float(logp), self.episode_id
         self.pub_cmd.publish(cmd)
         goal = ExecuteSkill.Goal(skill_id=d, argument=cmd.argument, step_limit=self.p["step_limit"],
-                                 dynamics_factor=self.p["dynamics_factor"], episode_id=self.episode_id)
+                                 dynamics_factor=self.p["dynamics_factor"], episode_id=self.episode_id,
+                                 heartbeat_source=self.get_name())
         self.counters["goals"] += 1
         self.client.send_goal_async(goal, feedback_callback=self._on_feedback).add_done_callback(
             lambda f: self._on_goal_response(f, seq))
