@@ -25,6 +25,7 @@ TOPICS = {
     "transitions": "/rl/transitions",
     "policy_weights": "/rl/policy_weights",
     "arm_fault": "/arm_fault",
+    "diagnostics": "/diagnostics",  # diagnostic_msgs/DiagnosticArray, the ROS convention for health
 }
 ACTION_EXECUTE_SKILL = "/execute_skill"
 # ResetEpisode reason with which the operator voids an episode: the policy drops its unfinished skill.

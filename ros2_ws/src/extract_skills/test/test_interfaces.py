@@ -195,6 +195,7 @@ def test_execute_skill_across_processes(action_server_process):
 def test_decoder_latches_a_reflex_refuses_goals_and_home_until_cleared(tmp_path):
     """Reflex mid-skill on the fault-injecting arm: the goal aborts, the fault is latched on /arm_fault,
     new goals and /move_home are refused until /clear_fault, then a goal runs again."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
@@ -216,6 +217,8 @@ def test_decoder_latches_a_reflex_refuses_goals_and_home_until_cleared(tmp_path)
         faults: list[str] = []
         node.create_subscription(String, TOPICS["arm_fault"], lambda m: faults.append(m.data), QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        diags: list = []
+        node.create_subscription(DiagnosticArray, TOPICS["diagnostics"], lambda m: diags.extend(m.status), 10)
         client = ActionClient(node, ExecuteSkill, ACTION_EXECUTE_SKILL)
         home = node.create_client(Trigger, SERVICES["move_home"])
         clear = node.create_client(Trigger, SERVICES["clear_fault"])
@@ -233,6 +236,10 @@ def test_decoder_latches_a_reflex_refuses_goals_and_home_until_cleared(tmp_path)
             assert spin_until(ex, lambda: faults[-1].startswith("reflex"), 5.0), faults
             h = wait_future(ex, client.send_goal_async(goal))
             assert not h.accepted  # refused while latched
+            # /diagnostics says why: ERROR with the latched fault, and the rejection's reason in its values
+            assert spin_until(ex, lambda: any(
+                st.level == DiagnosticStatus.ERROR and "reflex" in st.message
+                and any(kv.key == "last_rejection" and "latched" in kv.value for kv in st.values) for st in diags), 10.0)
             sent = len(dec.arm.commands)
             resp = wait_future(ex, home.call_async(Trigger.Request()))
             assert not resp.success and "latched" in resp.message and len(dec.arm.commands) == sent

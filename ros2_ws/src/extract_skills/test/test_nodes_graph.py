@@ -267,6 +267,7 @@ def test_policy_goal_needs_a_fresh_heartbeat_from_its_own_sender(models):
     """RELIABILITY row 14 / issue 14: a goal naming a heartbeat source is refused without a fresh beat from that
     source, another node's beats do not keep it alive, and a stale source mid-skill stops the arm."""
     from action_msgs.msg import GoalStatus
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from extract_msgs.action import ExecuteSkill
     from rclpy.action import ActionClient
     from std_msgs.msg import Header
@@ -281,6 +282,8 @@ def test_policy_goal_needs_a_fresh_heartbeat_from_its_own_sender(models):
              "heartbeat_timeout_s": 0.5}))
         test = rclpy.create_node("hb_test", context=ctx)
         hb_pub = test.create_publisher(Header, HEARTBEAT_TOPIC, 10)
+        diags = []
+        test.create_subscription(DiagnosticArray, TOPICS["diagnostics"], diags.append, 10)
         client = ActionClient(test, ExecuteSkill, "/execute_skill")
         ex = MultiThreadedExecutor(num_threads=4, context=ctx)
         ex.add_node(dec)
@@ -299,6 +302,11 @@ def test_policy_goal_needs_a_fresh_heartbeat_from_its_own_sender(models):
             assert spin_until(ex, lambda: (beat("someone_else"), "someone_else" in dec._heartbeats)[1], 10.0)
             gh = wait_future(ex, client.send_goal_async(goal("my_policy")))
             assert not gh.accepted and not dec.arm.commands
+            # the client only learns "rejected": the reason is on /diagnostics (issue 15)
+            def warned():
+                return any(st.level == DiagnosticStatus.WARN and "no fresh heartbeat from 'my_policy'" in st.message
+                           for d in diags for st in d.status)
+            assert spin_until(ex, warned, 10.0), [st.message for d in diags for st in d.status]
             # the named policy beats: accepted and runs to the end while it keeps beating
             assert spin_until(ex, lambda: (beat("my_policy"), dec._heartbeat_age("my_policy") < 0.2)[1], 10.0)
             gh = wait_future(ex, client.send_goal_async(goal("my_policy")))

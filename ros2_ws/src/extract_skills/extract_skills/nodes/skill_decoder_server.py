@@ -12,6 +12,7 @@ import threading
 import time
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from extract_msgs.action import ExecuteSkill
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -23,7 +24,9 @@ from std_srvs.srv import Trigger
 
 from extract_skills.core.control.arm import Arm, ArmNetworkError, ArmState, FakeArm
 from extract_skills.core.control.fault_latch import FaultLatch
+from extract_skills.core.skills.checkpoint import CODE_VERSION
 from extract_skills.core.skills.deployment import load_deployment_bundle
+from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.core.control.safety import CheckedCommand, SafetyLimits, check_command, check_dynamics_factor
 from extract_skills.core.control.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
                                                 validate_goal)
@@ -54,6 +57,7 @@ DEFAULTS = {
     "publish_joint_states_hz": 25.0,  # franky/fake arms: this node publishes /joint_states
     "home_q": HOME_Q,
     "latch_faults": True,  # e-stop/reflex/network/realtime faults block all motion until /clear_fault
+    "diagnostics_hz": 1.0,  # /diagnostics period (also published at once on a rejection or a fault)
 }
 
 
@@ -116,6 +120,12 @@ class SkillDecoderServer(Node):
         self.bundle = load_deployment_bundle(models_dir(p["models_dir"]) / p["checkpoint"])
         kind = "fake" if p["use_fake_hardware"] else p["arm"]
         self.arm = self._make_arm(kind)
+        self._arm_kind = kind
+        self._hardware_id = p["robot_ip"] if kind == "franky" else kind
+        self._versions = {"code_version": CODE_VERSION}
+        if kind == "franky":
+            from extract_skills.arms.franky_arm import franky_versions
+            self._versions["franky_control"], self._versions["libfranka"] = franky_versions()
         self.arm.connect()
         # Stop threshold, step cap and argument bound are properties of the trained decoder: read from the
         # checkpoint, never duplicated here (a parameter could disagree with what the model learnt).
@@ -139,6 +149,11 @@ class SkillDecoderServer(Node):
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.pub_fault.publish(String(data=""))
         self.create_service(Trigger, SERVICES["clear_fault"], self._on_clear_fault, callback_group=group)
+        # Health for operators and tools (`ros2 topic echo /diagnostics`, rqt_robot_monitor): a client of the
+        # action only learns "rejected"; the reason, the fault state and the arm's connection are here.
+        self.health = {"goals_accepted": 0, "goals_rejected": 0, "last_rejection": "", "last_result": ""}
+        self.pub_diag = self.create_publisher(DiagnosticArray, TOPICS["diagnostics"], 10)
+        self.create_timer(1.0 / max(p["diagnostics_hz"], 1e-3), self.publish_diagnostics, callback_group=group)
         self.pub_cmd = self.create_publisher(JointState, TOPICS["joint_commands"], 10) if kind != "sim" else None
         self.create_subscription(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10, callback_group=group)
         self.server = ActionServer(self, ExecuteSkill, ACTION_EXECUTE_SKILL, self._execute,
@@ -197,6 +212,8 @@ class SkillDecoderServer(Node):
     def _on_goal(self, goal: ExecuteSkill.Goal) -> GoalResponse:
         if self._shutting_down:
             self.get_logger().error(f"rejecting skill goal: {self._shutting_down}")
+            self.health["goals_rejected"] += 1
+            self.health["last_rejection"] = self._shutting_down
             return GoalResponse.REJECT
         try:
             self.latch.check()
@@ -211,7 +228,11 @@ class SkillDecoderServer(Node):
                                         f"limit {self.p['heartbeat_timeout_s']} s)")
         except (GoalRejectedError, ValueError) as exc:
             self.get_logger().error(f"rejecting skill goal: {exc}")
+            self.health["goals_rejected"] += 1
+            self.health["last_rejection"] = str(exc)
+            self.publish_diagnostics()
             return GoalResponse.REJECT
+        self.health["goals_accepted"] += 1
         return GoalResponse.ACCEPT
 
     def _on_accepted(self, handle) -> None:
@@ -271,6 +292,7 @@ class SkillDecoderServer(Node):
             return out
         self._preempted.pop(id(handle), None)
         self.last_result = result
+        self.health["last_result"] = f"{result.status.value}: {result.error}" if result.error else result.status.value
         self._record_fault(result)
         out.success, out.error = result.success, result.error
         out.steps_executed, out.clipped_steps = result.steps_executed, result.clipped_count
@@ -292,6 +314,7 @@ class SkillDecoderServer(Node):
             f = self.latch.latched
             self.get_logger().error(f"arm fault latched ({f.fault.value}: {f.error}): no motion until /clear_fault")
             self.pub_fault.publish(String(data=f"{f.fault.value}: {f.error}"))
+            self.publish_diagnostics()
 
     def _on_clear_fault(self, _req, resp):
         ok, message = self.latch.clear(self.arm)
@@ -299,7 +322,28 @@ class SkillDecoderServer(Node):
         (self.get_logger().info if ok else self.get_logger().error)(f"clear fault: {message}")
         if ok:
             self.pub_fault.publish(String(data=""))
+            self.publish_diagnostics()
         return resp
+
+    def publish_diagnostics(self) -> None:
+        """One DiagnosticStatus: ERROR while a fault is latched, WARN after a rejected goal, else OK."""
+        latched = self.latch.latched
+        st = DiagnosticStatus(name=f"extract_skills: {self.get_name()}", hardware_id=self._hardware_id)
+        if latched is not None:
+            st.level, st.message = DiagnosticStatus.ERROR, f"fault latched ({latched.fault.value}): /clear_fault"
+        elif self.health["last_rejection"]:
+            st.level, st.message = DiagnosticStatus.WARN, f"last goal rejected: {self.health['last_rejection']}"
+        else:
+            st.level, st.message = DiagnosticStatus.OK, "ready"
+        values = {"arm": self._arm_kind, "fault": "" if latched is None else f"{latched.fault.value}: {latched.error}",
+                  "realtime": self.p["realtime"], "checkpoint": self.p["checkpoint"],
+                  "checkpoint_sha256": file_sha256(models_dir(self.p["models_dir"]) / self.p["checkpoint"]),
+                  **self._versions,
+                  **{k: str(v) for k, v in self.health.items()}}
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(arr)
 
     def _on_move_home(self, _req, resp):
         """Scripted move home through the same checked path (small steps toward home_q)."""
