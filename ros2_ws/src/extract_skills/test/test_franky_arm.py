@@ -249,3 +249,29 @@ def test_connecting_leaves_the_callers_scheduling_alone(sim):
         assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
     finally:
         a.disconnect()
+
+
+def test_goal_dynamics_factor_slows_the_motion_and_never_speeds_it_up(arm):
+    """Issue 15: a goal's dynamics factor is applied. franky multiplies a motion's factor with the robot's
+    (0.3 here), so a goal of 0.03 must move the arm slower than one of 0.3, and 1.0 no faster than 0.3."""
+
+    def travelled(factor: float) -> float:
+        _wait_settled(arm)
+        ex = SkillExecutor(arm, LIMITS, ExecutorConfig(period_s=LIMITS.dt, max_steps=8))
+        q0 = arm.read_state().q.copy()
+
+        def decoder():
+            while True:
+                yield np.r_[np.full(7, 0.04), 1.0], 0.0  # a joint target 0.04 rad ahead of where it is, every step
+
+        res = ex.run(decoder(), dynamics_factor=factor)
+        assert res.status is SkillStatus.SUCCEEDED, res.error
+        arm.stop()
+        return float(np.abs(arm.read_state().q - q0).max())
+
+    slow, configured = travelled(0.03), travelled(0.3)
+    assert slow < 0.6 * configured, (slow, configured)
+    assert arm.dynamics_factor == 0.3
+    assert travelled(1.0) < 1.3 * configured  # capped at the configured factor
+    with pytest.raises(ValueError, match="dynamics factor"):
+        SkillExecutor(arm, LIMITS, ExecutorConfig(period_s=LIMITS.dt, max_steps=2)).run(iter(()), dynamics_factor=float("nan"))

@@ -270,8 +270,17 @@ class FrankyArm(Arm):
             raise ArmCommandError("refusing a non-finite or mis-shaped joint target")  # defence in depth
         with self._errors("send"):
             # a new asynchronous move preempts and replans the previous one from the current state
-            robot.move(f.JointMotion(f.JointState(target)), asynchronous=True)
+            robot.move(f.JointMotion(f.JointState(target), relative_dynamics_factor=self._motion_factor()),
+                       asynchronous=True)
         self._command_gripper(cmd.gripper)
+
+    def _motion_factor(self) -> float:
+        """franky multiplies a motion's factor with the robot's: the goal's factor is honoured up to the
+        configured one (``relative_dynamics_factor``), which it can lower but never exceed."""
+        configured = self.config.relative_dynamics_factor
+        if self.dynamics_factor is None:
+            return 1.0
+        return min(self.dynamics_factor, configured) / configured
 
     def _command_gripper(self, opening: float) -> None:
         if self._gripper is None:

@@ -279,7 +279,7 @@ class SkillDecoderServer(Node):
                         decoded(),
                         is_cancel_requested=lambda: handle.is_cancel_requested,
                         is_preempted=lambda: self._preempted.get(id(handle)),
-                        heartbeat=heartbeat, feedback=feedback)
+                        heartbeat=heartbeat, feedback=feedback, dynamics_factor=float(goal.dynamics_factor))
                 except Exception as exc:  # noqa: BLE001 - a bug must end the goal, not leave it dangling
                     self.get_logger().fatal(f"skill execution failed: {exc!r}")
                     self._preempted.pop(id(handle), None)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from .safety import NUM_JOINTS, CheckedCommand
+from .safety import NUM_JOINTS, CheckedCommand, UnsafeCommandError
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,15 @@ class Arm(abc.ABC):
     """A 7-joint arm with a gripper, commanded with checked absolute joint targets."""
 
     stationary_tol: float = 0.01  # rad/s, max |dq| counted as stationary
+    dynamics_factor: float | None = None  # the running goal's factor (None: the arm's configured one)
+
+    def set_dynamics_factor(self, factor: float | None) -> None:
+        """Dynamics factor (velocity/acceleration/jerk scale in (0, 1]) for the motions that follow; None
+        restores the arm's configured one. A goal can only slow an arm below its configuration, never speed
+        it up. Arms without a dynamics model (the fake, the kitchen's position actuators) only record it."""
+        if factor is not None and not (math.isfinite(factor) and 0.0 < factor <= 1.0):
+            raise UnsafeCommandError(f"dynamics factor {factor!r} outside (0, 1]")
+        self.dynamics_factor = None if factor is None else float(factor)
 
     @abc.abstractmethod
     def connect(self) -> None:

@@ -215,6 +215,7 @@ class SkillExecutor:
         is_preempted: Callable[[], str | None] = lambda: None,
         heartbeat: Callable[[], float] | None = None,
         feedback: FeedbackFn | None = None,
+        dynamics_factor: float | None = None,
     ) -> SkillResult:
         """Run one skill to its end.
 
@@ -225,6 +226,8 @@ class SkillExecutor:
             heartbeat: returns the monotonic time (same clock) the command source was last alive;
                 older than ``heartbeat_timeout_s`` -> stop, ABORTED.  None disables the check.
             feedback: called after each sent command with (step, progress, q_sent (7,)).
+            dynamics_factor: the goal's dynamics factor in (0, 1] for this skill's motions (None: the arm's
+                configured one); set on the arm before the first command.
         """
         cfg = self.config
         t_start = self.clock()
@@ -233,6 +236,7 @@ class SkillExecutor:
         clipped = 0
         it = iter(actions)
         next_tick = t_start
+        self.arm.set_dynamics_factor(dynamics_factor)  # raises before anything moves if it is invalid
         try:
             while True:
                 if is_cancel_requested():
