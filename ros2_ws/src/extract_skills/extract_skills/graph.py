@@ -48,6 +48,10 @@ class NodeSpec:
     modes: tuple[str, ...] = MODES
     # (launch argument, value) pairs that must all hold for the node to run; empty = always runs.
     only_if: tuple[tuple[str, str], ...] = ()
+    # Restarted by the launch when it dies. Only nodes whose death cannot leave the arm unsafe: the decoder's
+    # heartbeat watchdog stops a dead policy's skill and the supervisor truncates its episode. The decoder,
+    # the supervisor and the sim are never restarted silently: their exit ends the launch.
+    respawn: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,15 @@ class LaunchArg:
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("kitchen_sim", "kitchen_sim_node", "extract_skills.nodes.kitchen_sim_node", "KitchenSimNode", ("sim",)),
     NodeSpec("camera_embedding", "camera_embedding_node", "extract_skills.nodes.camera_embedding_node",
-             "CameraEmbeddingNode"),
-    NodeSpec("skill_policy", "skill_policy_node", "extract_skills.nodes.skill_policy_node", "SkillPolicyNode"),
+             "CameraEmbeddingNode", respawn=True),
+    NodeSpec("skill_policy", "skill_policy_node", "extract_skills.nodes.skill_policy_node", "SkillPolicyNode",
+             respawn=True),
     NodeSpec("skill_decoder", "skill_decoder_server", "extract_skills.nodes.skill_decoder_server",
              "SkillDecoderServer"),
     NodeSpec("reward_reset_supervisor", "reward_reset_supervisor", "extract_skills.nodes.reward_reset_supervisor",
              "RewardResetSupervisor"),
     NodeSpec("skill_learner", "skill_learner_node", "extract_skills.nodes.skill_learner_node", "SkillLearnerNode",
-             only_if=(("learn", "true"), ("learner", "remote"))),
+             only_if=(("learn", "true"), ("learner", "remote")), respawn=True),
 )
 
 # Online fine-tuning switches, the same in both modes.
@@ -109,6 +114,8 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
                   (("camera_embedding", "camera_info_file"),)),
         LaunchArg("use_fake_hardware", "false", "Drive the scripted fake arm instead of the robot (no motion)",
                   (("skill_decoder", "use_fake_hardware"),)),
+        LaunchArg("realtime", "", "enforce (robot PC with an RT kernel: the default from config/real_robot.yaml) or "
+                  "ignore (only for franky-sim on 127.0.0.1 and tests)", (("skill_decoder", "realtime"),)),
         LaunchArg("num_episodes", "0", "Episodes to run before stopping (0 = until interrupted)",
                   (("reward_reset_supervisor", "num_episodes"),)),
         *_LEARNING_ARGS,

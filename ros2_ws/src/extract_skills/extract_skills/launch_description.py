@@ -41,13 +41,15 @@ def build_launch_description(mode: str):
             output="screen",
             emulate_tty=True,
             parameters=[params, overrides],
-            # The motion node is never restarted automatically: a person decides after a fault.
-            respawn=False,
+            # Camera, policy and learner come back after a crash (the arm is kept safe meanwhile, see
+            # NodeSpec.respawn); the motion node, the supervisor and the sim never restart by themselves.
+            respawn=spec.respawn,
+            respawn_delay=2.0 if spec.respawn else 0.0,
         )
         actions.append(node)
-        # The graph is only useful whole: when the supervisor finishes its episodes, or any node dies
-        # (the decoder after a fault, the policy after a crash), shut everything down instead of
-        # leaving a partial graph running. A person decides what happens next.
-        actions.append(RegisterEventHandler(OnProcessExit(
-            target_action=node, on_exit=[EmitEvent(event=Shutdown(reason=f"{spec.name} exited"))])))
+        if not spec.respawn:
+            # Without the decoder, the supervisor (its episodes done) or the sim the graph is not useful: end
+            # the launch, and let a person decide what happens next.
+            actions.append(RegisterEventHandler(OnProcessExit(
+                target_action=node, on_exit=[EmitEvent(event=Shutdown(reason=f"{spec.name} exited"))])))
     return LaunchDescription(actions)

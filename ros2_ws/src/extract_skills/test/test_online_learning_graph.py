@@ -2,6 +2,8 @@
 and a learner in its own process fed over ROS topics, whose weights the acting node picks up."""
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -204,4 +206,54 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
             dec.pub_fault.publish(String(data=""))
             assert spin_until(ex, lambda: kinds().count(EpisodeEvent.START) == 4, 30.0), kinds()
         finally:
+            dec.close()
+
+
+def test_supervisor_truncates_the_episode_of_a_dead_policy_and_goes_on_with_its_respawn(models):
+    """Issue 15: kill -9 of the policy process mid-episode does not end the graph. The supervisor ends the
+    episode as truncated (not counted) and the next one starts once a new policy process (what launch's
+    respawn starts) listens again."""
+    from extract_msgs.srv import ResetEpisode
+
+    from extract_skills.graph import SERVICES
+    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from support.ros_graph import start_python, stop_process, wait_future
+
+    policy_args = ("extract_skills.nodes.skill_policy_node", "--ros-args", "-p", f"models_dir:={models}")
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
+            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
+            Parameter("control_period_s", value=0.01), Parameter("max_step_delta", value=0.005)])
+        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
+            Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
+            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=True)])
+        op = rclpy.create_node("respawn_test", context=ctx)
+        events: list[EpisodeEvent] = []
+        op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
+        reset = op.create_client(ResetEpisode, SERVICES["reset_episode"])
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        for n in (dec, sup, op):
+            ex.add_node(n)
+
+        def starts():
+            return [e.event for e in events].count(EpisodeEvent.START)
+
+        policy = start_python(*policy_args)
+        try:
+            assert spin_until(ex, reset.service_is_ready, 15.0)
+            assert wait_future(ex, reset.call_async(ResetEpisode.Request(operator_confirmed=True))).success
+            assert spin_until(ex, lambda: starts() == 1, 60.0), "no episode started with the policy up"
+            policy.send_signal(signal.SIGKILL)
+            policy.wait(5)
+            assert spin_until(ex, lambda: EpisodeEvent.TRUNCATED in [e.event for e in events], 60.0)
+            ended = next(e for e in events if e.event == EpisodeEvent.TRUNCATED)
+            assert "skill_policy node went away" in ended.detail and sup.summary[-1]["counted"] is False
+            assert wait_future(ex, reset.call_async(ResetEpisode.Request(operator_confirmed=True))).success
+            spin_until(ex, lambda: False, 1.0)
+            assert starts() == 1  # no policy, no episode
+            policy = start_python(*policy_args)  # what `respawn=True` does under ros2 launch
+            assert spin_until(ex, lambda: starts() == 2, 60.0), [e.event for e in events]
+        finally:
+            stop_process(policy)
             dec.close()

@@ -160,7 +160,10 @@ class RewardResetSupervisor(Node):
             now = time.monotonic()
             if self._state == "running":
                 t = self.tracker
-                if t.all_done:
+                if self.p["wait_for_policy"] and not self._policy_listening():
+                    # a dead policy is respawned by the launch; its episode's data is incomplete
+                    self._end(Outcome.TRUNCATED, "the skill_policy node went away mid-episode", counted=False)
+                elif t.all_done:
                     self._end(Outcome.SUCCESS, "all subtasks completed")
                 elif t.skills >= self.p["max_skills_per_episode"]:
                     self._end(Outcome.TRUNCATED, f"skill budget ({self.p['max_skills_per_episode']}) used")

@@ -17,6 +17,7 @@ while an episode runs; one goal at a time. A heartbeat lets the decoder stop the
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -106,6 +107,9 @@ class SkillPolicyNode(Node):
         self.create_subscription(SkillEmbedding, TOPICS["embedding"], self._on_embedding, 10, callback_group=group)
         self.create_subscription(JointState, TOPICS["joint_states"], self._on_joints, 10, callback_group=group)
         self.create_subscription(EpisodeEvent, TOPICS["episode_event"], self._on_event, 10, callback_group=group)
+        # Names this process, not just the node: a respawned policy's beats must not keep its dead
+        # predecessor's skill alive (the decoder watches the heartbeat the goal names).
+        self.heartbeat_id = f"{self.get_fully_qualified_name()}#{os.getpid()}"
         self.create_timer(1.0 / self.p["heartbeat_hz"], self._heartbeat, callback_group=group)
         # Poll rather than act inside the embedding callback: acting there (graph queries, goal
         # sends) starved the other callbacks of rclpy's executor on 2 cores (seen: 2 s old inputs).
@@ -228,7 +232,7 @@ class SkillPolicyNode(Node):
     def _heartbeat(self) -> None:
         hb = Header()
         hb.stamp = self.get_clock().now().to_msg()
-        hb.frame_id = self.get_name()
+        hb.frame_id = self.heartbeat_id
         self.pub_hb.publish(hb)
 
     # -------------------------------------------------------------------------- acting
@@ -331,7 +335,7 @@ class SkillPolicyNode(Node):
         self.pub_cmd.publish(cmd)
         goal = ExecuteSkill.Goal(skill_id=d, argument=cmd.argument, step_limit=self.p["step_limit"],
                                  dynamics_factor=self.p["dynamics_factor"], episode_id=self.episode_id,
-                                 heartbeat_source=self.get_name())
+                                 heartbeat_source=self.heartbeat_id)
         self.counters["goals"] += 1
         self.client.send_goal_async(goal, feedback_callback=self._on_feedback).add_done_callback(
             lambda f: self._on_goal_response(f, seq))
