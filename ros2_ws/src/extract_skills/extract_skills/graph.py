@@ -94,7 +94,8 @@ PARAM_FILES = {"sim": "sim.yaml", "real": "real_robot.yaml"}
 LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
     "sim": (
         LaunchArg("models_dir", "", "Directory with the skill checkpoint and encoder weights (default: the shipped models/)",
-                  (("camera_embedding", "models_dir"), ("skill_policy", "models_dir"), ("skill_decoder", "models_dir"))),
+                  (("camera_embedding", "models_dir"), ("skill_policy", "models_dir"), ("skill_decoder", "models_dir"),
+                   ("skill_learner", "models_dir"))),
         LaunchArg("num_episodes", "3", "Episodes to run before the supervisor ends the run (0 = forever)",
                   (("reward_reset_supervisor", "num_episodes"),)),
         LaunchArg("task", "", "Comma-separated kitchen subtasks of the evaluation task (default: the first held-out task in config/sim.yaml)",
@@ -107,7 +108,8 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
         LaunchArg("robot_ip", "172.16.0.2", "IP address of the Franka control unit (FCI)",
                   (("skill_decoder", "robot_ip"),)),
         LaunchArg("models_dir", "", "Directory with the skill checkpoint and encoder weights (default: the shipped models/)",
-                  (("camera_embedding", "models_dir"), ("skill_policy", "models_dir"), ("skill_decoder", "models_dir"))),
+                  (("camera_embedding", "models_dir"), ("skill_policy", "models_dir"), ("skill_decoder", "models_dir"),
+                   ("skill_learner", "models_dir"))),
         LaunchArg("camera_topic", "/camera/image_raw", "sensor_msgs/Image topic of the scene camera",
                   (("camera_embedding", "image_topic"),)),
         LaunchArg("camera_info", "", "camera_info YAML to validate image size against (empty = no check)",

@@ -21,7 +21,7 @@ from sensor_msgs.msg import Image
 
 from extract_skills.core.skills.deployment import load_deployment_encoder
 from extract_skills.graph import TOPICS
-from extract_skills.nodes.common import declare, image_to_rgb, models_dir, run_node
+from extract_skills.nodes.common import declare, image_to_rgb, models_dir, run_node, subscribe
 
 DEFAULTS = {
     "image_topic": TOPICS["image"],
@@ -66,7 +66,7 @@ class CameraEmbeddingNode(Node):
         self.seq = 0
         self.counters = collections.Counter()
         self.pub = self.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
-        self.create_subscription(Image, self.p["image_topic"], self._on_image, 10)
+        subscribe(self, Image, self.p["image_topic"], self._on_image, 10)
         self._worker = threading.Thread(target=self._work_loop, name="camera_embedding", daemon=True)
         self._worker.start()
         self.get_logger().info(f"embedding {self.p['image_topic']} with {self.encoder.identity.name} "

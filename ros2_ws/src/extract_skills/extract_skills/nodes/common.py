@@ -119,8 +119,37 @@ def parse_joint_state(msg: JointState) -> tuple[np.ndarray, np.ndarray, float]:
     return q, dq, gripper
 
 
+def guarded(node: Node, topic: str, callback: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A subscription callback that no message can kill: an exception is logged with its reason and counted
+    in ``node.bad_messages[topic]`` and the node goes on (one malformed message from any host on the
+    network used to end a node, and in the in-process runner the whole graph)."""
+    counts = node.__dict__.setdefault("bad_messages", {})
+
+    def wrapped(msg: Any) -> None:
+        try:
+            callback(msg)
+        except Exception as exc:  # noqa: BLE001 - the node must outlive any one message
+            counts[topic] = counts.get(topic, 0) + 1
+            node.get_logger().error(f"dropped a message on {topic} ({counts[topic]} so far): {type(exc).__name__}: {exc}",
+                                    throttle_duration_sec=2.0)
+
+    return wrapped
+
+
+def subscribe(node: Node, msg_type, topic: str, callback: Callable[[Any], None], qos, **kwargs):
+    """``node.create_subscription`` with the callback :func:`guarded`."""
+    return node.create_subscription(msg_type, topic, guarded(node, topic, callback), qos, **kwargs)
+
+
 def stamp_to_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
+
+
+def check_stamp(stamp) -> None:
+    """ValueError for a stamp no clock produces (negative seconds, nanoseconds past a second): rclpy's Time
+    raises on those later, inside whatever timer compares them."""
+    if stamp.sec < 0 or stamp.nanosec >= 1_000_000_000:
+        raise ValueError(f"invalid stamp sec={stamp.sec} nanosec={stamp.nanosec}")
 
 
 def run_node(node_cls, args=None) -> None:

@@ -20,7 +20,7 @@ from extract_skills.core.data.dataset import SUBTASK_NAMES
 from extract_skills.core.sim.kitchen import KitchenArm, KitchenConfig, KitchenSim
 from extract_skills.core.sim.scripted_demos import REST_Q
 from extract_skills.graph import SERVICES, TOPICS
-from extract_skills.nodes.common import declare, joint_state_msg, parse_joint_state, rgb_to_image, run_node
+from extract_skills.nodes.common import declare, joint_state_msg, parse_joint_state, rgb_to_image, run_node, subscribe
 
 DEFAULTS = {
     "image_size": 128,  # px, square camera image (the shipped models were trained on 128)
@@ -61,7 +61,7 @@ class KitchenSimNode(Node):
         self.pub_image = self.create_publisher(Image, TOPICS["image"], 5)
         self.pub_joints = self.create_publisher(JointState, TOPICS["joint_states"], 10)
         self.pub_status = self.create_publisher(SubtaskStatus, TOPICS["subtask_status"], 10)
-        self.create_subscription(JointState, TOPICS["joint_commands"], self._on_command, 10)
+        subscribe(self, JointState, TOPICS["joint_commands"], self._on_command, 10)
         self.create_service(Trigger, SERVICES["sim_reset"], self._on_reset)
         self._thread = threading.Thread(target=self._run, name="kitchen_sim", daemon=True)
         self._thread.start()

@@ -21,7 +21,7 @@ from std_srvs.srv import Trigger
 
 from extract_skills.core.rl.episode import EpisodeTracker, Outcome
 from extract_skills.graph import SERVICES, TOPICS
-from extract_skills.nodes.common import declare, run_node
+from extract_skills.nodes.common import declare, run_node, subscribe
 from extract_skills.nodes.kitchen_sim_node import parse_task
 
 DEFAULTS = {
@@ -62,14 +62,14 @@ class RewardResetSupervisor(Node):
         self._lock = threading.RLock()
         group = ReentrantCallbackGroup()
         self.pub = self.create_publisher(EpisodeEvent, TOPICS["episode_event"], 10)
-        self.create_subscription(SubtaskStatus, TOPICS["subtask_status"], self._on_status, 10, callback_group=group)
-        self.create_subscription(SkillCommand, TOPICS["skill_command"], self._on_skill, 10, callback_group=group)
+        subscribe(self, SubtaskStatus, TOPICS["subtask_status"], self._on_status, 10, callback_group=group)
+        subscribe(self, SkillCommand, TOPICS["skill_command"], self._on_skill, 10, callback_group=group)
         self.create_service(ResetEpisode, SERVICES["reset_episode"], self._on_reset_request, callback_group=group)
         self.create_service(ConfirmOutcome, SERVICES["confirm_outcome"], self._on_confirm, callback_group=group)
         reset_srv = SERVICES["sim_reset"] if self.p["mode"] == "sim" else SERVICES["move_home"]
         self.reset_client = self.create_client(Trigger, reset_srv, callback_group=group)
         self._arm_fault = ""  # latched by the decoder; no episode starts until an operator clears it
-        self.create_subscription(String, TOPICS["arm_fault"], self._on_arm_fault, QoSProfile(
+        subscribe(self, String, TOPICS["arm_fault"], self._on_arm_fault, QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL),
             callback_group=group)
         self.create_timer(0.05, self._tick, callback_group=group)

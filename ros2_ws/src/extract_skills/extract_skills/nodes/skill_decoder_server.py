@@ -31,7 +31,7 @@ from extract_skills.core.control.safety import CheckedCommand, SafetyLimits, che
 from extract_skills.core.control.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
                                                 validate_goal)
 from extract_skills.graph import ACTION_EXECUTE_SKILL, SERVICES, TOPICS
-from extract_skills.nodes.common import declare, joint_state_msg, models_dir, parse_joint_state, run_node
+from extract_skills.nodes.common import declare, joint_state_msg, models_dir, parse_joint_state, run_node, subscribe
 from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
 
 ARMS = ("sim", "franky", "fake")
@@ -70,7 +70,7 @@ class TopicArm(Arm):
         self.stationary_tol = stationary_tol
         self._state: ArmState | None = None
         self._pub = node.create_publisher(JointState, TOPICS["joint_commands"], 10)
-        node.create_subscription(JointState, TOPICS["joint_states"], self._on_state, 10,
+        subscribe(node, JointState, TOPICS["joint_states"], self._on_state, 10,
                                  callback_group=ReentrantCallbackGroup())
 
     def _on_state(self, msg: JointState) -> None:
@@ -155,7 +155,7 @@ class SkillDecoderServer(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, TOPICS["diagnostics"], 10)
         self.create_timer(1.0 / max(p["diagnostics_hz"], 1e-3), self.publish_diagnostics, callback_group=group)
         self.pub_cmd = self.create_publisher(JointState, TOPICS["joint_commands"], 10) if kind != "sim" else None
-        self.create_subscription(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10, callback_group=group)
+        subscribe(self, Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10, callback_group=group)
         self.server = ActionServer(self, ExecuteSkill, ACTION_EXECUTE_SKILL, self._execute,
                                    goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
                                    cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=group)

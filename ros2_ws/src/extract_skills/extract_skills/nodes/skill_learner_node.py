@@ -23,7 +23,7 @@ from extract_skills.core.rl.trainer import Learner, load_policy
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.graph import TOPICS
-from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, declare, models_dir, run_node, sac_config,
+from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, declare, models_dir, run_node, sac_config, subscribe,
                                          transition_from_msg)
 
 DEFAULTS = {
@@ -62,7 +62,7 @@ class SkillLearnerNode(Node):
         self._since_checkpoint = 0
         self.pub = self.create_publisher(PolicyWeights, TOPICS["policy_weights"], WEIGHTS_QOS)
         # one callback at a time: updates and checkpoints never interleave
-        self.create_subscription(SkillTransition, TOPICS["transitions"], self._on_transition, 100,
+        subscribe(self, SkillTransition, TOPICS["transitions"], self._on_transition, 100,
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.publish_weights()  # the actor starts from what this learner holds (resumed or the priors)
         self.get_logger().info(f"learner ready: {len(self.learner.buffer)} transitions, {self.agent.updates} updates")

@@ -40,8 +40,8 @@ from extract_skills.core.rl.trainer import Learner, load_policy
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.graph import ACTION_EXECUTE_SKILL, RERECORD, TOPICS
-from extract_skills.nodes.common import (Monotonic, declare, models_dir, parse_joint_state, run_node, sac_config,
-                                         SAC_DEFAULTS, stamp_to_s, transition_msg, WEIGHTS_QOS)
+from extract_skills.nodes.common import (Monotonic, declare, models_dir, parse_joint_state, run_node, sac_config, subscribe,
+                                         check_stamp, SAC_DEFAULTS, stamp_to_s, transition_msg, WEIGHTS_QOS)
 
 HEARTBEAT_TOPIC = "/skill_policy/heartbeat"
 
@@ -104,9 +104,9 @@ class SkillPolicyNode(Node):
         self.pub_cmd = self.create_publisher(SkillCommand, TOPICS["skill_command"], 10)
         self.pub_hb = self.create_publisher(Header, HEARTBEAT_TOPIC, 10)
         self.client = ActionClient(self, ExecuteSkill, ACTION_EXECUTE_SKILL, callback_group=group)
-        self.create_subscription(SkillEmbedding, TOPICS["embedding"], self._on_embedding, 10, callback_group=group)
-        self.create_subscription(JointState, TOPICS["joint_states"], self._on_joints, 10, callback_group=group)
-        self.create_subscription(EpisodeEvent, TOPICS["episode_event"], self._on_event, 10, callback_group=group)
+        subscribe(self, SkillEmbedding, TOPICS["embedding"], self._on_embedding, 10, callback_group=group)
+        subscribe(self, JointState, TOPICS["joint_states"], self._on_joints, 10, callback_group=group)
+        subscribe(self, EpisodeEvent, TOPICS["episode_event"], self._on_event, 10, callback_group=group)
         # Names this process, not just the node: a respawned policy's beats must not keep its dead
         # predecessor's skill alive (the decoder watches the heartbeat the goal names).
         self.heartbeat_id = f"{self.get_fully_qualified_name()}#{os.getpid()}"
@@ -116,7 +116,7 @@ class SkillPolicyNode(Node):
         self.create_timer(1.0 / self.p["act_hz"], self._maybe_act, callback_group=group)
         if self.p["learn"] and self.p["learner"] == "remote":
             self.pub_transition = self.create_publisher(SkillTransition, TOPICS["transitions"], 100)
-            self.create_subscription(PolicyWeights, TOPICS["policy_weights"], self._on_weights, WEIGHTS_QOS,
+            subscribe(self, PolicyWeights, TOPICS["policy_weights"], self._on_weights, WEIGHTS_QOS,
                                      callback_group=group)
 
     # -------------------------------------------------------------------------- policy and learner
@@ -211,9 +211,11 @@ class SkillPolicyNode(Node):
 
     # -------------------------------------------------------------------------- inputs
     def _on_embedding(self, msg: SkillEmbedding) -> None:
+        check_stamp(msg.header.stamp)  # raises: dropped and counted by the guarded subscription
         self.embedding.set(msg)
 
     def _on_joints(self, msg: JointState) -> None:
+        check_stamp(msg.header.stamp)
         self.joints.set(msg)
 
     def _on_event(self, msg: EpisodeEvent) -> None:
