@@ -130,8 +130,8 @@ def guarded(node: Node, topic: str, callback: Callable[[Any], None]) -> Callable
             callback(msg)
         except Exception as exc:  # noqa: BLE001 - the node must outlive any one message
             counts[topic] = counts.get(topic, 0) + 1
-            node.get_logger().error(f"dropped a message on {topic} ({counts[topic]} so far): {type(exc).__name__}: {exc}",
-                                    throttle_duration_sec=2.0)
+            node.get_logger().error(f"dropped a message on {topic} ({counts[topic]} so far): "
+                                    f"{type(exc).__name__}: {exc}", throttle_duration_sec=2.0)
 
     return wrapped
 

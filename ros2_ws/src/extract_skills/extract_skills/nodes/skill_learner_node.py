@@ -23,8 +23,8 @@ from extract_skills.core.rl.trainer import Learner, load_policy
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.graph import TOPICS
-from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, declare, models_dir, run_node, sac_config, subscribe,
-                                         transition_from_msg)
+from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, declare, models_dir, run_node, sac_config,
+                                         subscribe, transition_from_msg)
 
 DEFAULTS = {
     "models_dir": "",

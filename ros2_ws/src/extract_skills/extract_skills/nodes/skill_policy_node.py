@@ -40,8 +40,8 @@ from extract_skills.core.rl.trainer import Learner, load_policy
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.graph import ACTION_EXECUTE_SKILL, RERECORD, TOPICS
-from extract_skills.nodes.common import (Monotonic, declare, models_dir, parse_joint_state, run_node, sac_config, subscribe,
-                                         check_stamp, SAC_DEFAULTS, stamp_to_s, transition_msg, WEIGHTS_QOS)
+from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, Monotonic, check_stamp, declare, models_dir,
+                                         parse_joint_state, run_node, sac_config, stamp_to_s, subscribe, transition_msg)
 
 HEARTBEAT_TOPIC = "/skill_policy/heartbeat"
 
