@@ -330,3 +330,41 @@ def test_policy_goal_needs_a_fresh_heartbeat_from_its_own_sender(models):
             assert res.status == GoalStatus.STATUS_SUCCEEDED, res.result.error
         finally:
             dec.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_decoder_process_interrupted_mid_skill_stops_the_arm_and_answers_the_goal(models, sig):
+    """Issue 14/15: Ctrl-C (SIGINT) or `docker stop` (SIGTERM) of the decoder's own process while a skill
+    runs: the skill ends through the executor's stop path, the client gets ABORTED with the reason (a
+    `ros2 action send_goal` client used to hang), and the process exits 0 without a traceback."""
+    from action_msgs.msg import GoalStatus
+    from extract_msgs.action import ExecuteSkill
+    from rclpy.action import ActionClient
+
+    from support.ros_graph import wait_future
+
+    decoder = start_python("extract_skills.nodes.skill_decoder_server", "--ros-args", "-p", f"models_dir:={models}",
+                           "-p", "arm:=fake", "-p", "control_period_s:=0.05", "-p", "max_step_delta:=0.01")
+    with RclpyContext() as ctx:
+        node = rclpy.create_node("sigint_test", context=ctx)
+        client = ActionClient(node, ExecuteSkill, "/execute_skill")
+        ex = MultiThreadedExecutor(num_threads=2, context=ctx)
+        ex.add_node(node)
+        feedback = []
+        try:
+            assert spin_until(ex, client.server_is_ready, 60.0), "decoder process never served the action"
+            goal = ExecuteSkill.Goal(skill_id=0, argument=[0.0] * 5, step_limit=2000, dynamics_factor=0.1)
+            handle = wait_future(ex, client.send_goal_async(goal, feedback_callback=feedback.append))
+            assert handle.accepted
+            result = handle.get_result_async()
+            assert spin_until(ex, lambda: len(feedback) >= 3, 30.0), "the skill never ran"
+            decoder.send_signal(sig)
+            assert spin_until(ex, result.done, 20.0), "the goal got no result"
+            res = result.result()
+            assert res.status == GoalStatus.STATUS_ABORTED and "shutting down" in res.result.error, res.result.error
+            assert res.result.steps_executed < 2000
+            assert decoder.wait(20) == 0
+        finally:
+            out = stop_process(decoder)
+    assert "Traceback" not in out and "never retrieved" not in out, out[-3000:]
+    assert "stopped" in out.lower() or "abort" in out.lower(), out[-3000:]

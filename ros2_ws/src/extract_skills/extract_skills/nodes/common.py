@@ -152,9 +152,57 @@ def check_stamp(stamp) -> None:
         raise ValueError(f"invalid stamp sec={stamp.sec} nanosec={stamp.nanosec}")
 
 
+def init_rclpy(args=None) -> None:
+    """rclpy.init without rclpy's signal handlers. Theirs shut the context down at the first Ctrl-C, so the
+    decoder could no longer stop the arm through its executor nor send the running goal its result (the
+    client hung). Here SIGINT and SIGTERM (docker stop, ros2 launch's escalation) raise KeyboardInterrupt in
+    the main thread, and the runner drains (:func:`drain`) before it shuts down."""
+    import signal
+
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def drain(executor, nodes, timeout_s: float = 10.0) -> None:
+    """Before the executor stops: no new goals, the running skill ended through the decoder's stop path (the
+    arm stops, the goal gets its result), so no callback is cut off mid-flight and no node is destroyed
+    under a running callback ("cannot use Destroyable" at exit)."""
+    import rclpy
+
+    for n in nodes:
+        prepare = getattr(n, "prepare_shutdown", None)
+        if prepare is not None:
+            prepare("the graph is shutting down")
+    decoders = [n for n in nodes if hasattr(n, "is_idle")]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while rclpy.ok() and time.monotonic() < deadline and not all(d.is_idle() for d in decoders):
+            executor.spin_once(timeout_sec=0.05)
+        for _ in range(20):  # let the results and cancel responses that are already queued go out
+            executor.spin_once(timeout_sec=0.01)
+        # Then take the nodes out and run what is still queued: a callback the executor had already taken
+        # but not run would otherwise start after shutdown and hit the executor's destroyed guard condition
+        # (rclpy prints "The following exception was never retrieved: cannot use Destroyable ...").
+        for n in nodes:
+            executor.remove_node(n)
+        for _ in range(20):
+            executor.spin_once(timeout_sec=0.01)
+    except Exception:  # noqa: BLE001 - the context may already be shut down (Ctrl-C): nothing left to drain
+        pass
+
+
 def run_node(node_cls, args=None) -> None:
-    """`main()` of every node: one node, a MultiThreadedExecutor, clean exit on Ctrl-C or when the node asks."""
-    rclpy.init(args=args)
+    """`main()` of every node: one node, a MultiThreadedExecutor, and on Ctrl-C/SIGTERM (or when the node
+    asks) a drained exit: the decoder's running skill ends through its stop path with a result, then the
+    node is closed and destroyed."""
+    init_rclpy(args)
     node = node_cls()
     executor = MultiThreadedExecutor()
     executor.add_node(node)
@@ -164,6 +212,8 @@ def run_node(node_cls, args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        drain(executor, [node])
+        executor.shutdown(timeout_sec=5.0)
         close = getattr(node, "close", None)
         if close:
             close()

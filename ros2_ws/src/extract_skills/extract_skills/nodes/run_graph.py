@@ -63,34 +63,6 @@ def build_nodes(mode: str, params: dict[str, dict], context=None):
     return nodes
 
 
-def _drain(executor, nodes, timeout_s: float = 10.0) -> None:
-    """Before the executor stops: no new goals, the running skill ended through the decoder's stop path (the
-    arm stops, the goal gets its result), so no callback is cut off mid-flight and no node is destroyed
-    under a running callback ("cannot use Destroyable" at exit)."""
-    import rclpy
-
-    for n in nodes:
-        prepare = getattr(n, "prepare_shutdown", None)
-        if prepare is not None:
-            prepare("the graph is shutting down")
-    decoders = [n for n in nodes if hasattr(n, "is_idle")]
-    deadline = time.monotonic() + timeout_s
-    try:
-        while rclpy.ok() and time.monotonic() < deadline and not all(d.is_idle() for d in decoders):
-            executor.spin_once(timeout_sec=0.05)
-        for _ in range(20):  # let the results and cancel responses that are already queued go out
-            executor.spin_once(timeout_sec=0.01)
-        # Then take the nodes out and run what is still queued: a callback the executor had already taken
-        # but not run would otherwise start after shutdown and hit the executor's destroyed guard condition
-        # (rclpy prints "The following exception was never retrieved: cannot use Destroyable ...").
-        for n in nodes:
-            executor.remove_node(n)
-        for _ in range(20):
-            executor.spin_once(timeout_sec=0.01)
-    except Exception:  # noqa: BLE001 - the context may already be shut down (Ctrl-C): nothing left to drain
-        pass
-
-
 def _progress(supervisor, policy):
     """A progress bar over episodes that prints each finished episode's return as it ends."""
     from tqdm import tqdm
@@ -129,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
+    from extract_skills.nodes.common import drain, init_rclpy
+
     params = node_parameters(ns.mode, parse_launch_args(ns.args), ns.params)
-    rclpy.init()
+    init_rclpy()
     nodes = build_nodes(ns.mode, params)
     executor = MultiThreadedExecutor(num_threads=6)
     for n in nodes:
@@ -152,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        _drain(executor, nodes)
+        drain(executor, nodes)
         executor.shutdown(timeout_sec=5.0)
         for n in nodes:
             close = getattr(n, "close", None)
