@@ -367,4 +367,5 @@ def test_decoder_process_interrupted_mid_skill_stops_the_arm_and_answers_the_goa
         finally:
             out = stop_process(decoder)
     assert "Traceback" not in out and "never retrieved" not in out, out[-3000:]
-    assert "stopped" in out.lower() or "abort" in out.lower(), out[-3000:]
+    # the core's Python logging reaches the node's output through ROS logging (issue 15)
+    assert "[extract_skills.core.control.skill_executor]" in out, out[-3000:]

@@ -1,6 +1,7 @@
 """Thin shared plumbing of the rclpy adapters: parameters, message <-> numpy, node entry points."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
@@ -198,11 +199,40 @@ def drain(executor, nodes, timeout_s: float = 10.0) -> None:
         pass
 
 
+class RosLogHandler(logging.Handler):
+    """Routes the core's Python logging (``extract_skills.*``: executor, franky arm, checkpoints) into ROS
+    logging under the record's logger name, so those lines reach the console, /rosout and the log files like
+    the nodes' own (the arm's "connected to ... franky-control X, libfranka Y" line never showed up)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = rclpy.logging.get_logger(record.name)
+            msg = record.getMessage()
+            if record.levelno >= logging.ERROR:
+                log.error(msg)
+            elif record.levelno >= logging.WARNING:
+                log.warning(msg)
+            else:
+                log.info(msg)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+def route_core_logging() -> None:
+    """Send the package's Python logging (INFO and up) to ROS logging, once per process."""
+    pkg = logging.getLogger("extract_skills")
+    if not any(isinstance(h, RosLogHandler) for h in pkg.handlers):
+        pkg.addHandler(RosLogHandler(level=logging.INFO))
+    pkg.setLevel(logging.INFO)
+    pkg.propagate = False  # printed once, by ROS
+
+
 def run_node(node_cls, args=None) -> None:
     """`main()` of every node: one node, a MultiThreadedExecutor, and on Ctrl-C/SIGTERM (or when the node
     asks) a drained exit: the decoder's running skill ends through its stop path with a result, then the
     node is closed and destroyed."""
     init_rclpy(args)
+    route_core_logging()  # before the node is built: its constructor connects the arm and logs the versions
     node = node_cls()
     executor = MultiThreadedExecutor()
     executor.add_node(node)

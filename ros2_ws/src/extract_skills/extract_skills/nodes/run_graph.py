@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
-    from extract_skills.nodes.common import drain, init_rclpy
+    from extract_skills.nodes.common import drain, init_rclpy, route_core_logging
 
     params = node_parameters(ns.mode, parse_launch_args(ns.args), ns.params)
     init_rclpy()
+    route_core_logging()
     nodes = build_nodes(ns.mode, params)
     executor = MultiThreadedExecutor(num_threads=6)
     for n in nodes:
