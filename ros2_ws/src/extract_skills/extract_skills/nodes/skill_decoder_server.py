@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -35,6 +36,7 @@ from extract_skills.nodes.common import declare, joint_state_msg, models_dir, pa
 from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
 
 ARMS = ("sim", "franky", "fake")
+GAP_WINDOW_S = 2.0  # a pause longer than this between skills is an episode boundary, not a skill-to-skill gap
 HOME_Q = [0.0, -0.785398, 0.0, -2.356194, 0.0, 1.570796, 0.785398]  # rad, Franka's usual ready pose
 
 DEFAULTS = {
@@ -152,6 +154,8 @@ class SkillDecoderServer(Node):
         # Health for operators and tools (`ros2 topic echo /diagnostics`, rqt_robot_monitor): a client of the
         # action only learns "rejected"; the reason, the fault state and the arm's connection are here.
         self.health = {"goals_accepted": 0, "goals_rejected": 0, "last_rejection": "", "last_result": ""}
+        self.skill_gaps: deque[float] = deque(maxlen=2000)  # s between consecutive skills' commands
+        self._last_command_t: float | None = None
         self.pub_diag = self.create_publisher(DiagnosticArray, TOPICS["diagnostics"], 10)
         self.create_timer(1.0 / max(p["diagnostics_hz"], 1e-3), self.publish_diagnostics, callback_group=group)
         self.pub_cmd = self.create_publisher(JointState, TOPICS["joint_commands"], 10) if kind != "sim" else None
@@ -258,6 +262,10 @@ class SkillDecoderServer(Node):
                 yield action, progress
 
         def feedback(step: int, progress: float, q_sent: np.ndarray) -> None:
+            now = time.monotonic()
+            if step == 1 and self._last_command_t is not None and now - self._last_command_t < GAP_WINDOW_S:
+                self.skill_gaps.append(now - self._last_command_t)  # previous skill's last -> this one's first
+            self._last_command_t = now
             fb = ExecuteSkill.Feedback(step=step - 1, progress=float(progress),
                                        commanded_joint_positions=[float(x) for x in q_sent],
                                        commanded_gripper=gripper["cmd"])
@@ -340,6 +348,9 @@ class SkillDecoderServer(Node):
                   "checkpoint_sha256": file_sha256(models_dir(self.p["models_dir"]) / self.p["checkpoint"]),
                   **self._versions,
                   **{k: str(v) for k, v in self.health.items()}}
+        if self.skill_gaps:
+            gaps = np.asarray(self.skill_gaps) * 1e3
+            values["skill_gap_ms_p50"], values["skill_gap_ms_p99"] = (f"{np.percentile(gaps, q):.1f}" for q in (50, 99))
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

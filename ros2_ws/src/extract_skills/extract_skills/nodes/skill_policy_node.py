@@ -54,7 +54,8 @@ DEFAULTS = {
     "step_limit": 0,  # per-skill control-step limit sent with each goal; 0 = decoder's max length
     "dynamics_factor": 0.1,  # relative dynamics factor sent with each goal
     "heartbeat_hz": 10.0,  # Hz; the decoder's heartbeat_timeout_s must span a few periods
-    "act_hz": 20.0,  # Hz, how often the policy checks whether it can send the next goal
+    "act_hz": 20.0,  # Hz, fallback poll for the next goal (a new frame after a skill's end triggers it at once)
+    "act_on_frame": True,  # decide as soon as a frame stamped after the last skill's end is embedded
     "act_without_episode": False,  # True: act without a supervisor's START (manual testing)
     "goal_timeout_s": 60.0,  # s without a result before a goal is given up (decoder restarted or lost)
     "feedback_timeout_s": 10.0,  # s without feedback from a running skill before it is given up (decoder died)
@@ -213,6 +214,10 @@ class SkillPolicyNode(Node):
     def _on_embedding(self, msg: SkillEmbedding) -> None:
         check_stamp(msg.header.stamp)  # raises: dropped and counted by the guarded subscription
         self.embedding.set(msg)
+        # Event-driven: the first frame embedded after a skill ended is the moment to decide, not the next
+        # tick of a poll (the 20 Hz poll alone put 50-500 ms between skills). The timer stays as a fallback.
+        if self.active and not self._in_flight and self.p["act_on_frame"]:
+            self._maybe_act()
 
     def _on_joints(self, msg: JointState) -> None:
         check_stamp(msg.header.stamp)
