@@ -233,7 +233,11 @@ def run_node(node_cls, args=None) -> None:
     node is closed and destroyed."""
     init_rclpy(args)
     route_core_logging()  # before the node is built: its constructor connects the arm and logs the versions
-    node = node_cls()
+    try:
+        node = node_cls()
+    except KeyboardInterrupt:  # stopped while still starting: nothing runs yet, nothing to drain
+        rclpy.shutdown()
+        return
     executor = MultiThreadedExecutor()
     executor.add_node(node)
     try:

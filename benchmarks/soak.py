@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Soak test of the sim stack, a process per node (as `ros2 launch` runs it), with a fault every few seconds.
+
+Faults, in rotation:
+  camera_drop   the camera process is frozen (SIGSTOP) for 2 s, then resumed
+  cancel        the running policy goal is cancelled through the action's cancel service
+  preempt       an operator goal (no heartbeat source) preempts the policy's goal
+  junk          50 malformed messages on /joint_states, /skill_embedding, /skill_command and the heartbeat
+  decoder_kill  SIGKILL of the decoder process, restarted 1 s later (a person or a supervisor would)
+A reflex cannot be injected here: the kitchen arm (TopicArm) has no reflexes; the fault-injecting FakeArm runs
+only with arm:=fake (tests cover it).
+
+Measured from the outside (a ROS node in this process plus /proc):
+  episodes      SUCCESS/FAILURE/TRUNCATED events
+  node deaths   processes that exited without being killed by the soak
+  ticks dropped per goal, consecutive action feedback more than 1.5 control periods apart (one per missing step)
+  memory        RSS of each process after the warm-up vs at the end
+  skill gap     last feedback of one goal -> first feedback of the next (< 2 s apart: same episode)
+  frame -> goal camera image arrival here -> arrival of the SkillCommand carrying that image's stamp (the goal is
+                sent right after the command is published)
+
+    .venv/bin/python benchmarks/soak.py [--minutes 10] [--fault-every 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "ros2_ws/src/extract_skills"
+sys.path.insert(0, str(PKG))
+PERIOD_S = 0.08
+NODES = {  # node name -> module
+    "kitchen_sim": "extract_skills.nodes.kitchen_sim_node",
+    "camera_embedding": "extract_skills.nodes.camera_embedding_node",
+    "skill_policy": "extract_skills.nodes.skill_policy_node",
+    "skill_decoder": "extract_skills.nodes.skill_decoder_server",
+    "reward_reset_supervisor": "extract_skills.nodes.reward_reset_supervisor",
+}
+FAULTS = ("camera_drop", "cancel", "preempt", "junk", "decoder_kill")
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def start(name: str, log_dir: Path, extra: list[str]) -> subprocess.Popen:
+    args = [sys.executable, "-m", NODES[name], "--ros-args", "-r", f"__node:={name}",
+            "--params-file", str(PKG / "config/sim.yaml"), *extra]
+    log = open(log_dir / f"{name}.log", "a")
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def pct(a, q) -> float:
+    return float(np.percentile(np.asarray(a), q)) if len(a) else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--fault-every", type=float, default=5.0, help="s between faults")
+    ap.add_argument("--warmup-s", type=float, default=60.0, help="no faults and no memory baseline before this")
+    ap.add_argument("--domain", type=int, default=77, help="private ROS domain of the soak")
+    ap.add_argument("--log-dir", type=Path, default=ROOT / "runs" / "soak")
+    ns = ap.parse_args(argv)
+    os.environ["ROS_DOMAIN_ID"] = str(ns.domain)
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    ns.log_dir.mkdir(parents=True, exist_ok=True)
+
+    import rclpy
+    from action_msgs.msg import GoalInfo
+    from action_msgs.srv import CancelGoal
+    from extract_msgs.action import ExecuteSkill
+    from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding
+    from rclpy.action import ActionClient
+    from rclpy.executors import MultiThreadedExecutor
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Header
+
+    from extract_skills.graph import TOPICS
+    from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
+
+    extra = {"reward_reset_supervisor": ["-p", "num_episodes:=0"], "skill_policy": ["-p", "seed:=0"]}
+    procs = {n: start(n, ns.log_dir, extra.get(n, [])) for n in NODES}
+    killed_pids: set[int] = set()
+
+    rclpy.init()
+    node = rclpy.create_node("soak")
+    ex = MultiThreadedExecutor(num_threads=2)
+    ex.add_node(node)
+    stats = {"episodes": 0, "gaps": [], "frame_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {}}
+    last_fb: dict[bytes, tuple[float, int]] = {}  # goal id -> (arrival, step)
+    state = {"goal": None, "prev_goal_end": None, "current": None}
+
+    def on_feedback(msg) -> None:
+        now = time.monotonic()
+        gid = bytes(msg.goal_id.uuid)
+        stats["feedback"] += 1
+        if gid in last_fb:
+            t, step = last_fb[gid]
+            gap = now - t
+            if gap > 1.5 * PERIOD_S:
+                stats["ticks_dropped"] += int(round(gap / PERIOD_S)) - 1
+        else:  # first command of a new goal
+            prev = state["current"]
+            if prev is not None and prev in last_fb and now - last_fb[prev][0] < 2.0:
+                stats["gaps"].append(now - last_fb[prev][0])
+            state["current"] = gid
+            state["goal"] = msg.goal_id
+        last_fb[gid] = (now, msg.feedback.step)
+
+    frames: dict[tuple[int, int], float] = {}  # image stamp -> arrival here (the sim stamps in its own time)
+
+    def on_image(msg: Image) -> None:
+        frames[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.monotonic()
+        if len(frames) > 500:
+            frames.pop(next(iter(frames)))
+
+    def on_command(msg: SkillCommand) -> None:
+        t = frames.get((msg.header.stamp.sec, msg.header.stamp.nanosec))
+        if t is not None and msg.policy != SkillCommand.POLICY_OPERATOR:
+            stats["frame_to_goal"].append(time.monotonic() - t)  # the command carries its frame's stamp
+
+    def on_event(msg: EpisodeEvent) -> None:
+        if msg.event in (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE, EpisodeEvent.TRUNCATED):
+            stats["episodes"] += 1
+
+    node.create_subscription(ExecuteSkill.Impl.FeedbackMessage, "/execute_skill/_action/feedback", on_feedback, 100)
+    node.create_subscription(SkillCommand, TOPICS["skill_command"], on_command, 50)
+    node.create_subscription(Image, TOPICS["image"], on_image, 10)
+    node.create_subscription(EpisodeEvent, TOPICS["episode_event"], on_event, 50)
+    cancel = node.create_client(CancelGoal, "/execute_skill/_action/cancel_goal")
+    client = ActionClient(node, ExecuteSkill, "/execute_skill")
+    junk_pubs = {"js": node.create_publisher(JointState, TOPICS["joint_states"], 10),
+                 "emb": node.create_publisher(SkillEmbedding, TOPICS["embedding"], 10),
+                 "cmd": node.create_publisher(SkillCommand, TOPICS["skill_command"], 10),
+                 "hb": node.create_publisher(Header, HEARTBEAT_TOPIC, 10)}
+    rng = np.random.default_rng(0)
+
+    def inject(kind: str) -> None:
+        if kind == "camera_drop":
+            p = procs["camera_embedding"]
+            p.send_signal(signal.SIGSTOP)
+            t_end = time.monotonic() + 2.0
+            while time.monotonic() < t_end:
+                ex.spin_once(timeout_sec=0.05)
+            p.send_signal(signal.SIGCONT)
+        elif kind == "cancel" and state["goal"] is not None and cancel.service_is_ready():
+            cancel.call_async(CancelGoal.Request(goal_info=GoalInfo(goal_id=state["goal"])))
+        elif kind == "preempt" and client.server_is_ready():
+            client.send_goal_async(ExecuteSkill.Goal(skill_id=0, argument=[0.0] * 5, step_limit=5, dynamics_factor=0.1))
+        elif kind == "junk":
+            for _ in range(50):
+                n = int(rng.integers(0, 12))
+                junk_pubs["js"].publish(JointState(name=["fr3_joint1"] * n, position=list(rng.normal(size=n) * 1e3)))
+                junk_pubs["emb"].publish(SkillEmbedding(embedding=[float("nan")] * int(rng.integers(0, 600))))
+                junk_pubs["cmd"].publish(SkillCommand(skill_id=int(rng.integers(0, 2**32)), policy=int(rng.integers(0, 256))))
+                junk_pubs["hb"].publish(Header(frame_id="impostor"))
+        elif kind == "decoder_kill":
+            p = procs["skill_decoder"]
+            killed_pids.add(p.pid)
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            t_end = time.monotonic() + 1.0
+            while time.monotonic() < t_end:
+                ex.spin_once(timeout_sec=0.05)
+            procs["skill_decoder"] = start("skill_decoder", ns.log_dir, [])
+        stats["faults"][kind] = stats["faults"].get(kind, 0) + 1
+
+    t0 = time.monotonic()
+    t_end = t0 + ns.warmup_s + 60.0 * ns.minutes
+    rss0: dict[int, float] = {}
+    next_fault, k = t0 + ns.warmup_s, 0
+    deaths: list[str] = []
+    try:
+        while time.monotonic() < t_end:
+            ex.spin_once(timeout_sec=0.05)
+            now = time.monotonic()
+            if not rss0 and now - t0 >= ns.warmup_s:
+                rss0 = {p.pid: rss_mb(p.pid) for p in procs.values()}
+                stats.update(gaps=[], frame_to_goal=[], ticks_dropped=0, episodes=0)  # measure after warm-up
+            if now >= next_fault:
+                inject(FAULTS[k % len(FAULTS)])
+                k += 1
+                next_fault = now + ns.fault_every
+            for name, p in procs.items():
+                if p.poll() is not None and p.pid not in killed_pids and name not in deaths:
+                    deaths.append(name)
+        rss1 = {p.pid: rss_mb(p.pid) for p in procs.values()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        node.destroy_node()
+        rclpy.shutdown()
+
+    growth = {name: (rss1[p.pid] / rss0[p.pid] - 1.0) * 100.0 for name, p in procs.items() if p.pid in rss0}
+    gaps, f2g = np.asarray(stats["gaps"]) * 1e3, np.asarray(stats["frame_to_goal"]) * 1e3
+    print(f"\nSoak: {ns.minutes:g} min after a {ns.warmup_s:g} s warm-up, a fault every {ns.fault_every:g} s "
+          f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")
+    print("| measure | value |\n|---|---:|")
+    print(f"| episodes completed | {stats['episodes']} |")
+    print(f"| faults injected | {', '.join(f'{k} {v}' for k, v in stats['faults'].items())} |")
+    print(f"| node deaths (not killed by the soak) | {len(deaths)}{' (' + ', '.join(deaths) + ')' if deaths else ''} |")
+    print(f"| command ticks dropped (of {stats['feedback']} sent) | {stats['ticks_dropped']} |")
+    print("| memory growth after warm-up, per process | "
+          + ", ".join(f"{n} {g:+.1f}%" for n, g in growth.items()) + " (decoder: its last instance, if restarted: not measured) |")
+    print(f"| skill-to-skill gap p50 / p99 (ms, n={len(gaps)}) | {pct(gaps, 50):.0f} / {pct(gaps, 99):.0f} |")
+    print(f"| frame -> goal p50 / p99 (ms, n={len(f2g)}) | {pct(f2g, 50):.0f} / {pct(f2g, 99):.0f} |")
+    return 0 if not deaths else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
