@@ -371,3 +371,35 @@ def test_decoder_process_interrupted_mid_skill_stops_the_arm_and_answers_the_goa
     assert "Traceback" not in out and "never retrieved" not in out, out[-3000:]
     # the core's Python logging reaches the node's output through ROS logging (issue 15)
     assert "[extract_skills.core.control.skill_executor]" in out, out[-3000:]
+
+
+def test_camera_with_camera_info_embeds_matching_frames_and_refuses_other_sizes(models, tmp_path):
+    """The camera node started with a camera_info file (the runbook's real launch): it starts (reading the file
+    used to raise TypeError), embeds frames of the calibrated size and refuses others."""
+    import shutil
+
+    from extract_skills.graph import default_models_dir
+    from extract_skills.nodes.camera_embedding_node import CameraEmbeddingNode
+
+    info = tmp_path / "camera_info.yaml"
+    shutil.copy(default_models_dir().parent / "calibration" / "camera_info.example.yaml", info)  # 640 x 480
+    with RclpyContext() as ctx:
+        cam = CameraEmbeddingNode(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "camera_info_file": str(info)}))
+        test = rclpy.create_node("cam_info_test", context=ctx)
+        out = []
+        test.create_subscription(SkillEmbedding, TOPICS["embedding"], out.append, 100)
+        pub = test.create_publisher(Image, TOPICS["image"], 100)
+        ex = MultiThreadedExecutor(context=ctx)
+        ex.add_node(cam)
+        ex.add_node(test)
+        try:
+            assert cam.expected_size == (640, 480)
+            assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 5.0)
+            pub.publish(_image(7, test.get_clock().now().to_msg()))  # 32 x 32: refused
+            assert spin_until(ex, lambda: cam.counters["size_mismatch"] == 1, 10.0)
+            rgb = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+            pub.publish(rgb_to_image(rgb, test.get_clock().now().to_msg(), "cam"))
+            assert spin_until(ex, lambda: len(out) == 1, 20.0)
+        finally:
+            cam.close()

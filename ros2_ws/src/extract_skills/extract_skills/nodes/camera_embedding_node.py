@@ -54,7 +54,7 @@ class CameraEmbeddingNode(Node):
             from extract_skills.calibration.validate import load_camera_info
 
             info = load_camera_info(Path(self.p["camera_info_file"]))
-            self.expected_size = (int(info["image_width"]), int(info["image_height"]))
+            self.expected_size = (int(info.width), int(info.height))
         self._queue: collections.deque = collections.deque(maxlen=64)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
