@@ -17,6 +17,10 @@ if [[ "$fake" != true ]]; then
 fi
 bash "$ROOT/scripts/setup.sh"
 . "$ROOT/scripts/env.sh"
+# The robot's own ROS domain (never ROS's default 0, which every other PC on the subnet shares) and discovery
+# kept on this PC unless the caller opens it (then secure it: scripts/sros2_setup.sh, docs/RUNBOOK.md).
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-37}"
+export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 if command -v ros2 >/dev/null 2>&1 && ros2 pkg prefix launch_ros >/dev/null 2>&1; then
   exec ros2 launch extract_skills real_robot.launch.py "${args[@]}"
 fi

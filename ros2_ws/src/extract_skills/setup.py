@@ -22,6 +22,7 @@ CLIS = {
     "extract-calibrate-intrinsics": "extract_skills.cli.calibrate_intrinsics:main",
     "extract-calibrate-handeye": "extract_skills.cli.calibrate_handeye:main",
     "extract-operator": "extract_skills.cli.operator_console:main",
+    "extract-sros2-policy": "extract_skills.security:main",
 }
 
 setup(

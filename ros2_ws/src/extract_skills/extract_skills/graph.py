@@ -77,6 +77,49 @@ NODES: tuple[NodeSpec, ...] = (
              only_if=(("learn", "true"), ("learner", "remote")), respawn=True),
 )
 
+@dataclass(frozen=True)
+class NodeInterfaces:
+    """What a node may use on the ROS graph, in any mode or option (a superset): the access-control policy of
+    its SROS2 enclave is generated from this (``extract_skills.security``), and a test checks it against what
+    the running nodes really create."""
+
+    publishes: tuple[str, ...] = ()
+    subscribes: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()  # servers
+    clients: tuple[str, ...] = ()  # service clients
+    action_servers: tuple[str, ...] = ()
+    action_clients: tuple[str, ...] = ()
+
+
+HEARTBEAT = "/skill_policy/heartbeat"
+INTERFACES: dict[str, NodeInterfaces] = {
+    "kitchen_sim": NodeInterfaces(
+        publishes=("/camera/image_raw", "/joint_states", "/subtask_status"), subscribes=("/joint_commands",),
+        services=("/sim/reset",)),
+    "camera_embedding": NodeInterfaces(publishes=("/skill_embedding",), subscribes=("/camera/image_raw",)),
+    "skill_policy": NodeInterfaces(
+        publishes=("/skill_command", HEARTBEAT, "/rl/transitions"),
+        subscribes=("/skill_embedding", "/joint_states", "/episode_event", "/rl/policy_weights"),
+        action_clients=("/execute_skill",)),
+    "skill_decoder": NodeInterfaces(
+        publishes=("/joint_commands", "/joint_states", "/arm_fault", "/diagnostics"),
+        subscribes=("/joint_states", HEARTBEAT), services=("/clear_fault", "/move_home"),
+        action_servers=("/execute_skill",)),
+    "reward_reset_supervisor": NodeInterfaces(
+        publishes=("/episode_event",), subscribes=("/subtask_status", "/skill_command", "/arm_fault"),
+        services=("/reset_episode", "/confirm_outcome"), clients=("/sim/reset", "/move_home")),
+    "skill_learner": NodeInterfaces(publishes=("/rl/policy_weights",), subscribes=("/rl/transitions",)),
+}
+#: People's tools, not launched: their enclaves let an operator reward, reset, clear a fault and send a goal by hand
+#: (`extract-operator --task ... --ros-args --enclave /extract_skills/operator_console`, or `ros2 ... --ros-args
+#: --enclave ...`).
+OPERATOR_INTERFACES: dict[str, NodeInterfaces] = {
+    "operator_console": NodeInterfaces(
+        subscribes=("/episode_event", "/arm_fault", "/diagnostics"),
+        clients=("/confirm_outcome", "/reset_episode", "/clear_fault"), action_clients=("/execute_skill",)),
+}
+
+
 # Online fine-tuning switches, the same in both modes.
 _LEARNING_ARGS = (
     LaunchArg("learn", "false", "Fine-tune the skill policy online from the supervisor's rewards (true/false)",

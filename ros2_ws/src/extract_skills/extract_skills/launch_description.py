@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from extract_skills.graph import LAUNCH_ARGS, launch_defaults, nodes_for, param_file
+from extract_skills.security import enclave
 
 
 def build_launch_description(mode: str):
@@ -41,6 +42,8 @@ def build_launch_description(mode: str):
             output="screen",
             emulate_tty=True,
             parameters=[params, overrides],
+            # SROS2: each node in its own enclave (scripts/sros2_setup.sh); inert unless ROS_SECURITY_ENABLE=true
+            ros_arguments=["--enclave", enclave(spec.name)],
             # Camera, policy and learner come back after a crash (the arm is kept safe meanwhile, see
             # NodeSpec.respawn); the motion node, the supervisor and the sim never restart by themselves.
             respawn=spec.respawn,

@@ -54,6 +54,9 @@ def test_real_service_realtime_settings(compose):
     assert real["network_mode"] == "host"
     assert real.get("privileged", False) is False
     assert "SYS_NICE" in real["cap_add"]
+    # nothing else: every other capability dropped, no privilege gain (issue 14)
+    assert real["cap_drop"] == ["ALL"] and set(real["cap_add"]) == {"SYS_NICE"}
+    assert "no-new-privileges:true" in real["security_opt"]
     ulimits = real["ulimits"]
     rtprio = ulimits["rtprio"]
     assert (rtprio if isinstance(rtprio, int) else rtprio["hard"]) == 99
@@ -80,6 +83,9 @@ def test_domains_and_robot_ip(compose):
     assert default(sim_env["ROS_DOMAIN_ID"]) != default(real_env["ROS_DOMAIN_ID"])
     assert 0 <= int(default(real_env["ROS_DOMAIN_ID"])) <= 101
     assert "ROBOT_IP" in str(real_env["ROBOT_IP"])
+    # the motion node's DDS discovery stays on the robot PC unless the operator opens it
+    assert re.search(r":-(\w+)\}", str(real_env["ROS_AUTOMATIC_DISCOVERY_RANGE"])).group(1) == "LOCALHOST"
+    assert "ROS_SECURITY_ENABLE" in real_env and "ROS_SECURITY_KEYSTORE" in real_env
 
 
 def test_models_and_calibration_read_only(compose):

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, help="comma-separated subtasks, in the order the keys 1..9 name them")
     ap.add_argument("--timeout-s", type=float, default=10.0, help="wait for a service answer this long")
-    ns = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []  # e.g. --enclave for SROS2
+    ns = ap.parse_args(argv[:len(argv) - len(ros_args)])
     task = [t.strip() for t in ns.task.split(",") if t.strip()]
     unknown = [t for t in task if t not in SUBTASK_NAMES]
     if unknown or not task:
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from extract_skills.graph import SERVICES
 
-    rclpy.init()
+    rclpy.init(args=["extract-operator", *ros_args])
     node = rclpy.create_node("operator_console")
     confirm = node.create_client(ConfirmOutcome, SERVICES["confirm_outcome"])
     reset = node.create_client(ResetEpisode, SERVICES["reset_episode"])

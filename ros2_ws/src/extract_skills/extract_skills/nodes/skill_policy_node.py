@@ -39,11 +39,11 @@ from extract_skills.core.rl.skill_sac import HybridSkillSAC
 from extract_skills.core.rl.trainer import Learner, load_policy
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
-from extract_skills.graph import ACTION_EXECUTE_SKILL, RERECORD, TOPICS
+from extract_skills.graph import ACTION_EXECUTE_SKILL, HEARTBEAT, RERECORD, TOPICS
 from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, Monotonic, check_stamp, declare, models_dir,
                                          parse_joint_state, run_node, sac_config, stamp_to_s, subscribe, transition_msg)
 
-HEARTBEAT_TOPIC = "/skill_policy/heartbeat"
+HEARTBEAT_TOPIC = HEARTBEAT
 
 DEFAULTS = {
     "models_dir": "",
