@@ -150,3 +150,23 @@ def test_closed_loop_decoder_reads_the_measured_state_every_step():
     a = [s for s, _ in model.skill_decoder.rollout(torch.zeros(5), 0, 1, 1.0, lambda: np.zeros(8, np.float32))]
     b = [s for s, _ in model.skill_decoder.rollout(torch.zeros(5), 0, 1, 1.0, lambda: np.ones(8, np.float32))]
     assert not torch.allclose(a[0], b[0])
+
+
+def test_state_noise_keeps_the_commanded_target_and_needs_the_measured_frame():
+    """Noise on the decoder's measured joints comes with labels corrected to the same absolute command:
+    q~ + label~ == q + label for every arm joint (gripper untouched)."""
+    from extract_skills.core.skills.skill_model import _noisy_states, denormalise_actions
+
+    torch.manual_seed(0)
+    cfg = SkillModelConfig(closed_loop=True, action_frame="measured", state_noise=0.02)
+    low, high = torch.full((8,), -0.5), torch.full((8,), 0.5)
+    acts = torch.rand(4, 6, 8) * 0.8 - 0.4  # normalised, away from the clamp
+    states = torch.randn(4, 6, 8)
+    noisy, targets = _noisy_states(acts, states, cfg, low, high)
+    before = states[..., :7] + denormalise_actions(acts, low, high)[..., :7]
+    after = noisy[..., :7] + denormalise_actions(targets, low, high)[..., :7]
+    assert torch.allclose(before, after, atol=1e-5)
+    assert (noisy[..., :7] - states[..., :7]).abs().max() > 0 and torch.equal(noisy[..., 7], states[..., 7])
+    assert torch.allclose(targets[..., 7], acts[..., 7], atol=1e-6)
+    with pytest.raises(ValueError, match="state_noise"):
+        SkillModelConfig(closed_loop=True, action_frame="skill_start", state_noise=0.02)

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of whole episodes held out (model selection, prior temperature, report)")
     g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--state-noise", type=float, default=0.0,
+                   help="rad: noise on the closed-loop decoder's joint inputs in training, labels corrected "
+                        "(needs --action-frame measured)")
     g.add_argument("--lr-final-fraction", type=float, default=1.0,
                    help="cosine-decay the learning rate to lr * this over the training steps (1: constant)")
     g.add_argument("--progress-threshold", type=float, default=0.9)
@@ -307,7 +310,7 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
                             latent_dim=args.latent_dim, mean_bound=args.mean_bound,
                             label_smoothing=args.label_smoothing, prior_floor=args.prior_floor,
                             hidden_dim=args.hidden_dim, beta=args.beta, lr=args.lr,
-                            lr_final_fraction=args.lr_final_fraction,
+                            lr_final_fraction=args.lr_final_fraction, state_noise=args.state_noise,
                             max_segment_len=args.max_segment_len, progress_threshold=args.progress_threshold,
                             closed_loop=not args.open_loop, action_frame=args.action_frame,
                             batch_size=args.batch_size, train_steps=args.train_steps, seed=args.seed)

@@ -55,6 +55,7 @@ class SkillModelConfig:
     progress_threshold: float = 0.9  # stop a rollout once predicted progress >= this (see README/report)
     closed_loop: bool = False  # decoder also sees the measured proprio each step (q, gripper, q - q_start)
     action_frame: str = "measured"  # joint actions relative to the joints measured now / at the skill's start
+    state_noise: float = 0.0  # rad; training only: noise on the decoder's measured joints, labels corrected (see loss)
     batch_size: int = 128  # segments per step
     train_steps: int = 2000  # optimiser steps
     seed: int = 0
@@ -76,6 +77,8 @@ class SkillModelConfig:
             raise ValueError(f"progress_threshold must be in (0, 1], got {self.progress_threshold}")
         if self.action_frame not in ("measured", "skill_start"):
             raise ValueError(f"action_frame must be 'measured' or 'skill_start', got {self.action_frame!r}")
+        if self.state_noise < 0 or (self.state_noise > 0 and not (self.closed_loop and self.action_frame == "measured")):
+            raise ValueError("state_noise needs a closed-loop decoder in the 'measured' frame (>= 0)")
 
     @property
     def argument_bound(self) -> float:
@@ -274,20 +277,23 @@ class SkillModel(nn.Module):
         self.argument_prior = ArgumentPrior(cfg)
 
     def loss(self, actions: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, obs: torch.Tensor,
-             states: torch.Tensor | None = None, sample: bool = True) -> dict[str, torch.Tensor]:
+             states: torch.Tensor | None = None, sample: bool = True,
+             decoder_io: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """actions (B, L, A) normalised and zero-padded; lengths (B,); labels (B,); obs (B, obs_dim);
         states (B, L, 8) proprio at each step (closed-loop decoders).
 
-        ``sample=False`` decodes from the posterior mean (evaluation)."""
+        ``sample=False`` decodes from the posterior mean (evaluation). ``decoder_io``: (states, targets) the
+        decoder sees and must reproduce instead (state-noise training); the encoder always reads ``actions``."""
         B, L, A = actions.shape
         steps = torch.arange(L)[None]
         mask = (steps < lengths[:, None]).float()
         n_valid = mask.sum().clamp(min=1.0)
         mean, log_std = self.skill_encoder(actions, labels, lengths)
         z = mean + torch.randn_like(mean) * torch.exp(log_std) if sample else mean
-        pred, progress_logit = self.skill_decoder(z, labels, L, states)
+        dec_states, targets = decoder_io if decoder_io is not None else (states, actions)
+        pred, progress_logit = self.skill_decoder(z, labels, L, dec_states)
         # reconstruction: unit-variance Gaussian NLL up to constants, mean over valid steps and dims
-        recon = (((pred - actions) ** 2).sum(-1) * mask).sum() / (n_valid * A)
+        recon = (((pred - targets) ** 2).sum(-1) * mask).sum() / (n_valid * A)
         target = steps.float() / torch.clamp(lengths[:, None].float() - 1.0, min=1.0)
         target = torch.where(lengths[:, None] == 1, torch.ones_like(target), target).clamp(max=1.0)
         progress = (F.binary_cross_entropy_with_logits(progress_logit, target, reduction="none") * mask
@@ -442,6 +448,21 @@ def evaluate_skill_model(model: SkillModel, data: SkillTrainingData, action_low:
     }
 
 
+def _noisy_states(acts: torch.Tensor, states: torch.Tensor, cfg: SkillModelConfig, low: torch.Tensor,
+                  high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise injection for the closed-loop decoder (DART-style, without simulating): each step's measured joints
+    are perturbed by N(0, state_noise) and the label is corrected to the same commanded target from there
+    (measured frame: cmd - q~ = label - noise). The decoder thus learns to steer back to the demo's commands from
+    states the demo never visited, which is where its own small errors put the arm at execution."""
+    eps = torch.randn(*states.shape[:2], 7) * cfg.state_noise
+    noisy = states.clone()
+    noisy[..., :7] += eps
+    raw = denormalise_actions(acts, low, high)
+    raw[..., :7] -= eps
+    mask = (acts.abs().sum(-1, keepdim=True) > 0).float()  # padding stays zero
+    return noisy, normalise_actions(raw, low, high) * mask
+
+
 def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low: np.ndarray,
                       action_high: np.ndarray, callback: Callable[[int, dict[str, float]], None] | None = None,
                       val: SkillTrainingData | None = None, eval_every: int = 100
@@ -457,6 +478,7 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
+    low, high = torch.as_tensor(action_low), torch.as_tensor(action_high)
     model = SkillModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Cosine decay: at a constant lr the minibatch noise sets a floor on the decoder's precision.
@@ -469,8 +491,9 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
     for step in range(cfg.train_steps):
         idx = torch.from_numpy(rng.choice(n, size=min(cfg.batch_size, n), replace=False))
         Lb = int(lens[idx].max())
-        losses = model.loss(acts[idx, :Lb], lens[idx], labels[idx], obs[idx],
-                            None if states is None else states[idx, :Lb])
+        st = None if states is None else states[idx, :Lb]
+        losses = model.loss(acts[idx, :Lb], lens[idx], labels[idx], obs[idx], st,
+                            decoder_io=_noisy_states(acts[idx, :Lb], st, cfg, low, high) if cfg.state_noise else None)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
