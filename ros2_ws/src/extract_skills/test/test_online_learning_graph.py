@@ -257,3 +257,46 @@ def test_supervisor_truncates_the_episode_of_a_dead_policy_and_goes_on_with_its_
         finally:
             stop_process(policy)
             dec.close()
+
+
+def test_reset_that_keeps_failing_asks_for_a_person_and_starts_no_episode(models):
+    """RELIABILITY row 21: /move_home cannot reach home (the arm ends off pose); the supervisor retries
+    reset_retries times, publishes NEEDS_HUMAN and starts no episode until the operator confirms again."""
+    from extract_msgs.srv import ResetEpisode
+
+    from extract_skills.core.control.arm import FakeArmScript
+    from extract_skills.graph import SERVICES
+    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from support.ros_graph import wait_future
+
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
+            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
+            Parameter("control_period_s", value=0.0), Parameter("max_step_delta", value=0.05)])
+        # the arm starts away from home and settles 0.1 rad away from every target: home is never reached
+        dec.arm.q = dec.arm.q + 0.2
+        dec.arm.script = FakeArmScript(off_pose_offset=np.full(7, 0.1))
+        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
+            Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
+            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False),
+            Parameter("reset_retries", value=2)])
+        op = rclpy.create_node("reset_fail_test", context=ctx)
+        events: list[EpisodeEvent] = []
+        op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
+        reset = op.create_client(ResetEpisode, SERVICES["reset_episode"])
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        for n in (dec, sup, op):
+            ex.add_node(n)
+        kinds = lambda: [e.event for e in events]  # noqa: E731
+        try:
+            assert spin_until(ex, reset.service_is_ready, 15.0)
+            assert wait_future(ex, reset.call_async(ResetEpisode.Request(operator_confirmed=True))).success
+            assert spin_until(ex, lambda: EpisodeEvent.NEEDS_HUMAN in kinds(), 60.0), kinds()
+            need = next(e for e in events if e.event == EpisodeEvent.NEEDS_HUMAN)
+            assert "reset failed 2 times" in need.detail and "move home failed" in need.detail, need.detail
+            assert EpisodeEvent.START not in kinds() and sup.episode_id == 0
+            spin_until(ex, lambda: False, 1.0)
+            assert EpisodeEvent.START not in kinds()  # waits for a person; no retry loop on its own
+        finally:
+            dec.close()
