@@ -360,3 +360,53 @@ def test_operator_keys_map_to_service_calls():
     assert f.service == "confirm" and not f.succeeded and f.subtask == ""
     assert interpret_key("r", task).reason == RERECORD and interpret_key("R", task).service == "reset"
     assert interpret_key("x", task).service == "none" and interpret_key("q", task).service == "quit"
+
+
+# ------------------------------------------------------------------------------------------------ disk full
+_DISK_FULL = textwrap.dedent("""
+    import json, os, resource, signal, sys
+    import numpy as np, torch
+    sys.path.insert(0, sys.argv[2])
+    from test_rl_core import _agent, _transition
+    from extract_skills.core.rl.trainer import Learner
+    run_dir = sys.argv[1]
+    rng = np.random.default_rng(0)
+    a = Learner(_agent(batch_size=16, learning_starts=16), run_dir, seed=1)
+    for i in range(40):
+        a.observe(**_transition(rng, i))
+    assert a.try_checkpoint() is not None               # a complete checkpoint, 40 transitions
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # a write past the limit fails with EFBIG instead
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))  # the disk is 'full': no file may exceed 1 KiB
+    for i in range(40, 70):
+        a.observe(**_transition(rng, i))
+    failed = a.try_checkpoint() is None
+    out = {"failed": failed, "pending": a.buffer.pending, "failures": a.write_failures,
+           "tmp_left": [f for f in os.listdir(run_dir) + os.listdir(os.path.join(run_dir, "replay"))
+                        if f.endswith(".tmp")]}
+    for i in range(70, 80):                              # learning goes on meanwhile
+        a.observe(**_transition(rng, i))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+    out["recovered"] = a.try_checkpoint() is not None
+    out["updates"] = a.agent.updates
+    print(json.dumps(out))
+""")
+
+
+def test_disk_full_pauses_writes_keeps_transitions_and_catches_up(tmp_path):
+    """RELIABILITY row 25: a checkpoint or buffer write that fails (the disk refuses: here a file-size limit,
+    EFBIG, in a child process) is logged, training goes on with the transitions in memory, the last complete
+    checkpoint stays intact, no temp file is left, and the next checkpoint writes everything."""
+    import json
+
+    r = subprocess.run([sys.executable, "-c", _DISK_FULL, str(tmp_path), str(Path(__file__).parent)],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["failed"] and out["failures"] == 1 and out["pending"] == 30, out
+    assert out["tmp_left"] == [], out
+    assert "checkpoint to" in r.stderr and "failed" in r.stderr  # logged with the reason
+    assert out["recovered"] and out["updates"] > 0, out
+    back = Learner(_agent(batch_size=16, learning_starts=16), tmp_path, seed=2)
+    assert back.resume() is not None
+    assert len(back.buffer) == 80  # nothing lost: the 40 transitions added while the disk was full are there

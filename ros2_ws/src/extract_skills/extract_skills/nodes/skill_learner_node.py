@@ -96,12 +96,12 @@ class SkillLearnerNode(Node):
                 self.publish_weights()
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.p["checkpoint_every"]:
-                self.learner.checkpoint()
-                self._since_checkpoint = 0
+                if self.learner.try_checkpoint() is not None:
+                    self._since_checkpoint = 0
 
     def close(self) -> None:
         with self._lock:
-            self.learner.checkpoint()
+            self.learner.try_checkpoint()
             self._tb.close()
 
 

@@ -191,8 +191,10 @@ class SkillPolicyNode(Node):
                     self._tb.add_scalar(f"train/{k}", v, c.episodes)
                 self._tb.flush()
             if c.episodes % self.p["checkpoint_every"] == 0:
-                path = self.learner.checkpoint({"skill_checkpoint": self.p["checkpoint"]})
-                self.get_logger().info(f"checkpoint {path} after {c.episodes} episodes ({self.agent.updates} updates)")
+                path = self.learner.try_checkpoint({"skill_checkpoint": self.p["checkpoint"]})
+                if path is not None:
+                    self.get_logger().info(f"checkpoint {path} after {c.episodes} episodes "
+                                           f"({self.agent.updates} updates)")
 
     def prepare_shutdown(self, reason: str = "shutting down") -> None:
         """Send no new goal; cancel the one in flight."""
@@ -206,7 +208,7 @@ class SkillPolicyNode(Node):
         """Keep what was learnt: a last checkpoint when the graph shuts down."""
         if self.learner is not None:
             with self._agent_lock:
-                self.learner.checkpoint({"skill_checkpoint": self.p["checkpoint"]})
+                self.learner.try_checkpoint({"skill_checkpoint": self.p["checkpoint"]})
         if self._tb is not None:
             self._tb.close()
 

@@ -76,6 +76,7 @@ class Learner:
         self.torch_gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # reparameterisation noise inside the updates
         self.last_info: dict[str, float] = {}
+        self.write_failures = 0  # consecutive failed checkpoint writes (disk full ...)
 
     # ------------------------------------------------------------------------------------------ acting
     def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[int, np.ndarray, float]:
@@ -115,6 +116,22 @@ class Learner:
                  "extra": dict(extra or {})}
         path = atomic_torch_save(state, self.run_dir / CHECKPOINT)
         fsync_dir(self.run_dir)
+        return path
+
+    def try_checkpoint(self, extra: dict[str, Any] | None = None) -> Path | None:
+        """:meth:`checkpoint`, but a failed write (disk full, file too large, I/O error) is logged and training
+        goes on: the pending transitions stay in memory and the previous checkpoint stays intact (atomic
+        writes), and the next call writes everything. Returns None when the write failed."""
+        try:
+            path = self.checkpoint(extra)
+        except OSError as exc:
+            self.write_failures += 1
+            LOG.error("checkpoint to %s failed (%s): %d transitions kept in memory, retrying at the next "
+                      "checkpoint; the last complete checkpoint is intact", self.run_dir, exc, self.buffer.pending)
+            return None
+        if self.write_failures:
+            LOG.warning("checkpoint written again after %d failed attempts", self.write_failures)
+            self.write_failures = 0
         return path
 
     def resume(self) -> dict[str, Any] | None:
