@@ -275,3 +275,23 @@ def test_goal_dynamics_factor_slows_the_motion_and_never_speeds_it_up(arm):
     assert travelled(1.0) < 1.3 * configured  # capped at the configured factor
     with pytest.raises(ValueError, match="dynamics factor"):
         SkillExecutor(arm, LIMITS, ExecutorConfig(period_s=LIMITS.dt, max_steps=2)).run(iter(()), dynamics_factor=float("nan"))
+
+
+def test_realtime_enforced_without_realtime_rights_is_a_clear_error(sim):
+    """RELIABILITY row 16: this machine has no realtime kernel/rights, so libfranka refuses realtime='enforce'
+    (as on a robot PC not set up per the runbook): a clear ArmRealtimeError naming the fix, not a raw franky
+    exception, and the caller's scheduling is left alone."""
+    import os
+
+    from extract_skills.core.control.arm import ArmRealtimeError
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    arm = FrankyArm(FrankyArmConfig(robot_ip=sim, realtime="enforce"), LIMITS)
+    try:
+        arm.connect()
+    except ArmRealtimeError as exc:
+        assert "realtime" in str(exc) and "rtprio" in str(exc)
+    else:  # a machine that does grant realtime scheduling (an RT kernel with rtprio for this user)
+        arm.disconnect()
+        pytest.skip("this machine grants realtime scheduling: the refusal cannot be provoked here")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
