@@ -403,3 +403,58 @@ def test_camera_with_camera_info_embeds_matching_frames_and_refuses_other_sizes(
             assert spin_until(ex, lambda: len(out) == 1, 20.0)
         finally:
             cam.close()
+
+
+def test_ros_clock_jumping_back_changes_no_timeout(models):
+    """RELIABILITY row 22: the decoder on sim time while /clock jumps 990 s backwards mid-skill. Every timeout
+    (heartbeat age, arm-state age, skill duration) is measured on the monotonic clock, so the skill runs to
+    its end with its heartbeat watched, and the next goal too."""
+    from action_msgs.msg import GoalStatus
+    from builtin_interfaces.msg import Time
+    from extract_msgs.action import ExecuteSkill
+    from rclpy.action import ActionClient
+    from rosgraph_msgs.msg import Clock
+    from std_msgs.msg import Header
+
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
+    from support.ros_graph import wait_future
+
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "arm": "fake", "control_period_s": 0.02, "max_step_delta": 0.01,
+             "heartbeat_timeout_s": 0.5, "use_sim_time": True}))
+        test = rclpy.create_node("clock_test", context=ctx)
+        clock = test.create_publisher(Clock, "/clock", 10)
+        hb = test.create_publisher(Header, HEARTBEAT_TOPIC, 10)
+        client = ActionClient(test, ExecuteSkill, "/execute_skill")
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        ex.add_node(dec)
+        ex.add_node(test)
+        now = {"t": 1000}
+
+        def tick():
+            clock.publish(Clock(clock=Time(sec=now["t"])))
+            hb.publish(Header(frame_id="clock_policy"))
+            return False
+
+        try:
+            assert spin_until(ex, lambda: (tick(), client.server_is_ready())[1], 15.0)
+            assert spin_until(ex, lambda: (tick(), dec.get_clock().now().nanoseconds >= 999e9)[1], 10.0)
+            for _ in range(2):
+                goal = ExecuteSkill.Goal(skill_id=0, argument=[0.0] * 5, step_limit=60, dynamics_factor=0.1,
+                                         heartbeat_source="clock_policy")
+                handle = wait_future(ex, client.send_goal_async(goal))
+                assert handle.accepted
+                fut = handle.get_result_async()
+                assert spin_until(ex, lambda: (tick(), dec.last_result is not None and fut.done()
+                                               or len(dec.arm.commands) > 20)[1], 20.0)
+                now["t"] = 10  # ROS time jumps back 990 s in the middle of the skill
+                assert spin_until(ex, lambda: (tick(), fut.done())[1], 30.0)
+                res = fut.result()
+                assert res.status == GoalStatus.STATUS_SUCCEEDED, res.result.error
+                assert dec.get_clock().now().nanoseconds < 11e9  # the node did follow /clock
+                now["t"] = 1000
+                dec.arm.commands.clear()
+        finally:
+            dec.close()
