@@ -300,3 +300,57 @@ def test_reset_that_keeps_failing_asks_for_a_person_and_starts_no_episode(models
             assert EpisodeEvent.START not in kinds()  # waits for a person; no retry loop on its own
         finally:
             dec.close()
+
+
+def test_camera_drop_out_ends_the_episode_and_the_running_skill_stops(models):
+    """RELIABILITY row 1: the camera stops mid-skill. The supervisor ends the episode (truncated, not counted)
+    after max_camera_gap_s, the policy cancels its goal, and the decoder stops the arm (CANCELED) well before
+    the skill's own end."""
+    from extract_msgs.msg import SkillEmbedding
+    from extract_msgs.srv import ResetEpisode
+
+    from extract_skills.graph import SERVICES
+    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from extract_skills.nodes.skill_policy_node import SkillPolicyNode
+    from support.ros_graph import wait_future
+
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
+            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
+            Parameter("control_period_s", value=0.05), Parameter("max_step_delta", value=0.002)])
+        pol = SkillPolicyNode(context=ctx, parameter_overrides=[
+            Parameter("models_dir", value=str(models)), Parameter("step_limit", value=400),
+            Parameter("max_obs_age_s", value=1.0), Parameter("max_skew_s", value=1.0)])
+        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
+            Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
+            Parameter("settle_s", value=0.0), Parameter("max_camera_gap_s", value=1.5)])
+        cam = rclpy.create_node("fake_camera", context=ctx)
+        pub = cam.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
+        events: list[EpisodeEvent] = []
+        cam.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
+        reset = cam.create_client(ResetEpisode, SERVICES["reset_episode"])
+        ex = MultiThreadedExecutor(num_threads=6, context=ctx)
+        for n in (dec, pol, sup, cam):
+            ex.add_node(n)
+        streaming = {"on": True}
+
+        def frame():
+            if streaming["on"]:
+                m = SkillEmbedding(encoder_name=pol.bundle.meta.encoder_name, embedding=[0.1] * pol.bundle.meta.embed_dim)
+                m.header.stamp = cam.get_clock().now().to_msg()
+                pub.publish(m)
+            return False
+
+        try:
+            assert spin_until(ex, lambda: (frame(), reset.service_is_ready() and pol.client.server_is_ready())[1], 30.0)
+            assert wait_future(ex, reset.call_async(ResetEpisode.Request(operator_confirmed=True))).success
+            assert spin_until(ex, lambda: (frame(), len(dec.arm.commands) > 3)[1], 60.0), [e.event for e in events]
+            streaming["on"] = False  # the camera drops out mid-skill
+            assert spin_until(ex, lambda: dec.last_result is not None, 30.0), [e.detail for e in events]
+            ended = next(e for e in events if e.event == EpisodeEvent.TRUNCATED)
+            assert "camera dropped out" in ended.detail and sup.summary[-1]["counted"] is False
+            assert dec.last_result.status.value == "canceled", dec.last_result
+            assert dec.last_result.steps_executed < 400 and dec.arm.is_stationary()
+        finally:
+            dec.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from extract_msgs.msg import EpisodeEvent, SkillCommand, SubtaskStatus
+from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding, SubtaskStatus
 from extract_msgs.srv import ConfirmOutcome, ResetEpisode
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
@@ -34,6 +34,7 @@ DEFAULTS = {
     "reset_timeout_s": 30.0,
     "settle_s": 0.5,  # s between the end of an episode and the reset (lets the policy cancel)
     "wait_for_policy": True,  # no episode starts before the skill_policy node listens to episode events
+    "max_camera_gap_s": 3.0,  # s without an embedded frame that ends a running episode (camera drop-out); 0: off
 }
 
 
@@ -72,6 +73,10 @@ class RewardResetSupervisor(Node):
         subscribe(self, String, TOPICS["arm_fault"], self._on_arm_fault, QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL),
             callback_group=group)
+        # Camera drop-out: the policy stops deciding, but the running skill would go on blind; ending the
+        # episode makes the policy cancel it, and the decoder stops the arm.
+        self._last_frame = time.monotonic()
+        subscribe(self, SkillEmbedding, TOPICS["embedding"], self._on_frame, 10, callback_group=group)
         self.create_timer(0.05, self._tick, callback_group=group)
 
     # -------------------------------------------------------------------------- events
@@ -92,6 +97,9 @@ class RewardResetSupervisor(Node):
             for name in self.tracker.update(dict(zip(msg.names, msg.done))):
                 self.get_logger().info(f"episode {self.episode_id}: completed {name}")
                 self._publish(EpisodeEvent.REWARD, 1.0, name)
+
+    def _on_frame(self, _msg) -> None:
+        self._last_frame = time.monotonic()
 
     def _on_arm_fault(self, msg: String) -> None:
         with self._lock:
@@ -160,7 +168,11 @@ class RewardResetSupervisor(Node):
             now = time.monotonic()
             if self._state == "running":
                 t = self.tracker
-                if self.p["wait_for_policy"] and not self._policy_listening():
+                gap = now - max(self._last_frame, self._t_start)
+                if self.p["max_camera_gap_s"] and gap > self.p["max_camera_gap_s"]:
+                    self._end(Outcome.TRUNCATED, f"camera dropped out: no embedded frame for {gap:.1f} s",
+                              counted=False)
+                elif self.p["wait_for_policy"] and not self._policy_listening():
                     # a dead policy is respawned by the launch; its episode's data is incomplete
                     self._end(Outcome.TRUNCATED, "the skill_policy node went away mid-episode", counted=False)
                 elif t.all_done:
