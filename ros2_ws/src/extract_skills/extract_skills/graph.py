@@ -106,7 +106,8 @@ INTERFACES: dict[str, NodeInterfaces] = {
         subscribes=("/joint_states", HEARTBEAT), services=("/clear_fault", "/move_home"),
         action_servers=("/execute_skill",)),
     "reward_reset_supervisor": NodeInterfaces(
-        publishes=("/episode_event",), subscribes=("/subtask_status", "/skill_command", "/arm_fault", "/skill_embedding"),
+        publishes=("/episode_event",),
+        subscribes=("/subtask_status", "/skill_command", "/arm_fault", "/skill_embedding", HEARTBEAT),
         services=("/reset_episode", "/confirm_outcome"), clients=("/sim/reset", "/move_home")),
     "skill_learner": NodeInterfaces(publishes=("/rl/policy_weights",), subscribes=("/rl/transitions",)),
 }

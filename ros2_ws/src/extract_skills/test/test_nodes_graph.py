@@ -338,6 +338,7 @@ def test_decoder_process_interrupted_mid_skill_stops_the_arm_and_answers_the_goa
     runs: the skill ends through the executor's stop path, the client gets ABORTED with the reason (a
     `ros2 action send_goal` client used to hang), and the process exits 0 without a traceback."""
     from action_msgs.msg import GoalStatus
+    from diagnostic_msgs.msg import DiagnosticArray
     from extract_msgs.action import ExecuteSkill
     from rclpy.action import ActionClient
 
@@ -352,11 +353,15 @@ def test_decoder_process_interrupted_mid_skill_stops_the_arm_and_answers_the_goa
         ex.add_node(node)
         feedback = []
         try:
-            assert spin_until(ex, client.server_is_ready, 90.0), "decoder process never served the action"
+            # "server ready" can be an earlier test's killed decoder still in discovery (DDS lease ~20 s): a goal
+            # sent then reaches only the dead server and is never answered. Wait for this process's own
+            # /diagnostics (published by the live decoder only) and for the server, then send.
+            alive = []
+            node.create_subscription(DiagnosticArray, TOPICS["diagnostics"], alive.append, 10)
+            assert spin_until(ex, lambda: alive and client.server_is_ready(), 90.0), "decoder process never came up"
+            spin_until(ex, lambda: False, 1.0)  # let its action endpoints match ours
             goal = ExecuteSkill.Goal(skill_id=0, argument=[0.0] * 5, step_limit=2000, dynamics_factor=0.1)
-            # generous: "ready" may be an earlier test's killed decoder still in discovery (DDS lease), and the
-            # new process loads torch and the models first (slow when other jobs share the 2 cores)
-            handle = wait_future(ex, client.send_goal_async(goal, feedback_callback=feedback.append), 120.0)
+            handle = wait_future(ex, client.send_goal_async(goal, feedback_callback=feedback.append), 60.0)
             assert handle.accepted
             result = handle.get_result_async()
             assert spin_until(ex, lambda: len(feedback) >= 3, 30.0), "the skill never ran"

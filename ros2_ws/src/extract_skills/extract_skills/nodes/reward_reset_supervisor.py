@@ -16,11 +16,11 @@ from extract_msgs.srv import ConfirmOutcome, ResetEpisode
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from extract_skills.core.rl.episode import EpisodeTracker, Outcome
-from extract_skills.graph import SERVICES, TOPICS
+from extract_skills.graph import HEARTBEAT, SERVICES, TOPICS
 from extract_skills.nodes.common import declare, run_node, subscribe
 from extract_skills.nodes.kitchen_sim_node import parse_task
 
@@ -35,6 +35,7 @@ DEFAULTS = {
     "settle_s": 0.5,  # s between the end of an episode and the reset (lets the policy cancel)
     "wait_for_policy": True,  # no episode starts before the skill_policy node listens to episode events
     "max_camera_gap_s": 3.0,  # s without an embedded frame that ends a running episode (camera drop-out); 0: off
+    "max_policy_silence_s": 2.0,  # s without the policy's heartbeat that ends a running episode; 0: off
 }
 
 
@@ -77,6 +78,12 @@ class RewardResetSupervisor(Node):
         # episode makes the policy cancel it, and the decoder stops the arm.
         self._last_frame = time.monotonic()
         subscribe(self, SkillEmbedding, TOPICS["embedding"], self._on_frame, 10, callback_group=group)
+        # The policy's heartbeat names its process: silence, or another process (a respawn) mid-episode, means the
+        # policy that was acting is gone. The DDS graph cannot tell: a killed process's endpoints stay listed
+        # for ~20 s (lease), longer than a respawn takes.
+        self._policy_beat: tuple[str, float] | None = None  # (heartbeat id, monotonic arrival)
+        self._episode_policy = ""
+        subscribe(self, Header, HEARTBEAT, self._on_policy_beat, 10, callback_group=group)
         self.create_timer(0.05, self._tick, callback_group=group)
 
     # -------------------------------------------------------------------------- events
@@ -97,6 +104,21 @@ class RewardResetSupervisor(Node):
             for name in self.tracker.update(dict(zip(msg.names, msg.done))):
                 self.get_logger().info(f"episode {self.episode_id}: completed {name}")
                 self._publish(EpisodeEvent.REWARD, 1.0, name)
+
+    def _on_policy_beat(self, msg: Header) -> None:
+        if msg.frame_id.startswith("/skill_policy#"):
+            self._policy_beat = (msg.frame_id, time.monotonic())
+
+    def _policy_lost(self, now: float) -> str:
+        """Why the policy acting in this episode is gone ('' if it is not)."""
+        limit = self.p["max_policy_silence_s"]
+        if not limit or self._policy_beat is None:
+            return ""
+        beat_id, t = self._policy_beat
+        if self._episode_policy and beat_id != self._episode_policy:
+            return f"the skill_policy process changed mid-episode ({self._episode_policy} -> {beat_id})"
+        silence = now - max(t, self._t_start)
+        return f"no heartbeat from the skill_policy for {silence:.1f} s" if silence > limit else ""
 
     def _on_frame(self, _msg) -> None:
         self._last_frame = time.monotonic()
@@ -172,9 +194,10 @@ class RewardResetSupervisor(Node):
                 if self.p["max_camera_gap_s"] and gap > self.p["max_camera_gap_s"]:
                     self._end(Outcome.TRUNCATED, f"camera dropped out: no embedded frame for {gap:.1f} s",
                               counted=False)
-                elif self.p["wait_for_policy"] and not self._policy_listening():
+                elif self.p["wait_for_policy"] and (self._policy_lost(now) or not self._policy_listening()):
                     # a dead policy is respawned by the launch; its episode's data is incomplete
-                    self._end(Outcome.TRUNCATED, "the skill_policy node went away mid-episode", counted=False)
+                    why = self._policy_lost(now) or "its subscription is gone"
+                    self._end(Outcome.TRUNCATED, f"the skill_policy node went away mid-episode: {why}", counted=False)
                 elif t.all_done:
                     self._end(Outcome.SUCCESS, "all subtasks completed")
                 elif t.skills >= self.p["max_skills_per_episode"]:
@@ -195,10 +218,17 @@ class RewardResetSupervisor(Node):
         return any(info.node_name == "skill_policy"
                    for info in self.get_subscriptions_info_by_topic(TOPICS["episode_event"]))
 
+    def _policy_ready(self, now: float) -> bool:
+        """The policy listens to episode events and, when its heartbeat is watched, beats now (a killed policy's
+        subscription stays in the DDS graph for ~20 s: the graph alone would start an episode nobody acts in)."""
+        limit = self.p["max_policy_silence_s"]
+        beating = not limit or (self._policy_beat is not None and now - self._policy_beat[1] <= limit)
+        return beating and self._policy_listening()
+
     def _try_reset(self, now: float) -> None:
         if not self._operator_ok or self._arm_fault:
             return
-        if self.p["wait_for_policy"] and not self._policy_listening():
+        if self.p["wait_for_policy"] and not self._policy_ready(now):
             if not self._said_waiting:
                 self.get_logger().info("waiting for the skill_policy node before the first episode")
                 self._said_waiting = True
@@ -224,6 +254,7 @@ class RewardResetSupervisor(Node):
         self.episode_id += 1
         self.tracker = EpisodeTracker(self.task)
         self._t_start = time.monotonic()
+        self._episode_policy = self._policy_beat[0] if self._policy_beat is not None else ""
         self._state = "running"
         self._publish(EpisodeEvent.RESET, 0.0, res.message)
         self._publish(EpisodeEvent.START, 0.0, ",".join(self.task))

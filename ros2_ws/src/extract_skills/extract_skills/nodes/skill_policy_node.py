@@ -318,7 +318,8 @@ class SkillPolicyNode(Node):
             return
         with self._goal_lock:
             self._give_up_lost_goal()
-        if not self.active or not self.client.server_is_ready():
+        # The decoder refuses a goal without a fresh heartbeat from us: wait until it listens to them.
+        if not self.active or not self.client.server_is_ready() or self.pub_hb.get_subscription_count() == 0:
             return
         with self._goal_lock:
             if self._in_flight:
@@ -346,6 +347,7 @@ class SkillPolicyNode(Node):
                                  dynamics_factor=self.p["dynamics_factor"], episode_id=self.episode_id,
                                  heartbeat_source=self.heartbeat_id)
         self.counters["goals"] += 1
+        self._heartbeat()  # a beat just before the goal: the first goal after start-up is not refused for want of one
         self.client.send_goal_async(goal, feedback_callback=self._on_feedback).add_done_callback(
             lambda f: self._on_goal_response(f, seq))
         # Learn from the previous skill while this one runs: gradient steps here, not before the send, keep
