@@ -6,7 +6,7 @@
 #      encoder comparison (benchmarks/encoder_comparison.py); RETRAIN_ENCODER=1 re-trains it with
 #      R3M's time-contrastive objective on the demos' frames,
 #   3. the EXTRACT pipeline: embed -> K-means (K=8) -> segment -> skill VAE (closed-loop, free-running
-#      decoder) + priors, with 20% of whole episodes held out for model selection and calibration,
+#      decoder, measured-frame commands, state-noise training) + priors, with 20% of whole episodes held out for model selection and calibration,
 #   4. the SPiRL-style baseline skill model (models/spirl_kitchen.pt) for the sample-efficiency benchmark.
 # The online policy (models/policies/) comes from benchmarks/sample_efficiency.py --ship-policy.
 # Deterministic seeds; timings vary with machine load.
@@ -25,12 +25,16 @@ if [ "${RETRAIN_ENCODER:-0}" = 1 ] || [ ! -f "$WEIGHTS" ]; then
   extract train-encoder --dataset "$DATA" --run-dir "$RUN" --encoder-weights "$WEIGHTS" \
     --tcn-steps 1500 --threads "$THREADS"
 fi
+# Decoder recipe (benchmarks/RESULTS.md, skill fidelity ablations): commands relative to the joints measured each
+# step, noise injection on the decoder's joint inputs with corrected labels, cosine learning-rate decay.
+RECIPE=(--action-frame measured --state-noise 0.03 --lr-final-fraction 0.05)
 extract all --dataset "$DATA" --run-dir "$RUN" --encoder-weights "$WEIGHTS" \
-  --out models/extract_kitchen.pt --threads "$THREADS"
+  --out models/extract_kitchen.pt --threads "$THREADS" "${RECIPE[@]}"
 # Baseline for benchmarks/sample_efficiency.py: SPiRL-style skills (one skill, <= 10-step windows) on the same
 # data, embeddings and encoder.
 extract all --dataset "$DATA" --run-dir "${RUN}_spirl" --encoder-weights "$WEIGHTS" \
-  --out models/spirl_kitchen.pt --threads "$THREADS" --num-skills 1 --min-segment-len 5 --max-segment-len 10
+  --out models/spirl_kitchen.pt --threads "$THREADS" --num-skills 1 --min-segment-len 5 --max-segment-len 10 \
+  "${RECIPE[@]}"
 mkdir -p models/report
 cp "$RUN"/cluster_vs_subtask.md "$RUN"/skill_model_report.md "$RUN"/*.png models/report/
 # Pin every shipped model file (the loaders refuse a listed file whose bytes differ; `sha256sum -c` by hand).
