@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     params = node_parameters(ns.mode, parse_launch_args(ns.args), ns.params)
     init_rclpy()
     route_core_logging()
-    nodes = build_nodes(ns.mode, params)
+    try:
+        nodes = build_nodes(ns.mode, params)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # a node refused its configuration or files
+        print(f"run_graph: cannot start the {ns.mode} graph: {exc}", file=sys.stderr)
+        rclpy.shutdown()
+        return 2
     executor = MultiThreadedExecutor(num_threads=6)
     for n in nodes:
         executor.add_node(n)
