@@ -299,9 +299,12 @@ class SkillPolicyNode(Node):
         now = time.monotonic()
         waited = now - self._sent_at
         silent = now - self._last_feedback if self._goal_handle is not None else 0.0
-        gone = not self.client.server_is_ready()
         # a killed decoder leaves DDS without saying so: its server looks alive until the participant's lease
-        # runs out (about 20 s), but its feedback (every control step) stops at once
+        # runs out (about 20 s), but its feedback (every control step) stops at once. "Server not ready" alone is
+        # not enough: readiness flickers while discovery drops a dead server of the same name, and giving up a
+        # goal whose feedback still flows would leave a running skill nobody cancels (seen in CI).
+        feedback_stopped = self._goal_handle is None or silent > 1.0
+        gone = not self.client.server_is_ready() and feedback_stopped
         if waited > self.p["goal_timeout_s"] or silent > self.p["feedback_timeout_s"] or (gone and waited > 1.0):
             why = ("the decoder's action server went away" if gone else
                    f"no feedback for {silent:.1f} s" if silent > self.p["feedback_timeout_s"] else
