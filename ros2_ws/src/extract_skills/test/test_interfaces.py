@@ -17,7 +17,8 @@ from extract_msgs.srv import ConfirmOutcome, ResetEpisode  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
-from support.ros_graph import RclpyContext, spin_until, start_python, stop_process, wait_future  # noqa: E402
+from support.ros_graph import (RclpyContext, spin_until, start_python, stop_process,  # noqa: E402
+                              wait_for_decoder_process, wait_future)
 
 from support.tiny_models import make_tiny_models  # noqa: E402
 
@@ -147,7 +148,7 @@ def test_execute_skill_across_processes(action_server_process):
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(node)
         client = ActionClient(node, ExecuteSkill, "execute_skill")
-        assert spin_until(ex, lambda: client.server_is_ready(), 20.0), "server process never came up"
+        assert wait_for_decoder_process(ex, node, client), "server process never came up"
 
         # 1. Goal to completion with feedback every step.
         feedback = []

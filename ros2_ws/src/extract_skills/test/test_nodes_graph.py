@@ -338,11 +338,10 @@ def test_decoder_process_interrupted_mid_skill_stops_the_arm_and_answers_the_goa
     runs: the skill ends through the executor's stop path, the client gets ABORTED with the reason (a
     `ros2 action send_goal` client used to hang), and the process exits 0 without a traceback."""
     from action_msgs.msg import GoalStatus
-    from diagnostic_msgs.msg import DiagnosticArray
     from extract_msgs.action import ExecuteSkill
     from rclpy.action import ActionClient
 
-    from support.ros_graph import wait_future
+    from support.ros_graph import wait_for_decoder_process, wait_future
 
     decoder = start_python("extract_skills.nodes.skill_decoder_server", "--ros-args", "-p", f"models_dir:={models}",
                            "-p", "arm:=fake", "-p", "control_period_s:=0.05", "-p", "max_step_delta:=0.01")
@@ -353,13 +352,7 @@ def test_decoder_process_interrupted_mid_skill_stops_the_arm_and_answers_the_goa
         ex.add_node(node)
         feedback = []
         try:
-            # "server ready" can be an earlier test's killed decoder still in discovery (DDS lease ~20 s): a goal
-            # sent then reaches only the dead server and is never answered. Wait for this process's own
-            # /diagnostics (published by the live decoder only) and for the server, then send.
-            alive = []
-            node.create_subscription(DiagnosticArray, TOPICS["diagnostics"], alive.append, 10)
-            assert spin_until(ex, lambda: alive and client.server_is_ready(), 90.0), "decoder process never came up"
-            spin_until(ex, lambda: False, 1.0)  # let its action endpoints match ours
+            assert wait_for_decoder_process(ex, node, client), "decoder process never came up"
             goal = ExecuteSkill.Goal(skill_id=0, argument=[0.0] * 5, step_limit=2000, dynamics_factor=0.1)
             handle = wait_future(ex, client.send_goal_async(goal, feedback_callback=feedback.append), 60.0)
             assert handle.accepted

@@ -89,3 +89,21 @@ class RclpyContext:
                     pass
         if self.context.ok():
             rclpy.shutdown(context=self.context)
+
+
+def wait_for_decoder_process(executor: Executor, node, client, timeout_s: float = 90.0) -> bool:
+    """Wait until a decoder *process* can take a goal: its /diagnostics arrives (only a live, spinning decoder
+    publishes them) and the action server is ready, then give discovery a second to match our endpoints on
+    its side. ``server_is_ready()`` alone can be true for an earlier test's killed server still in discovery
+    (DDS lease ~20 s), or before the server has matched our request writer: a goal sent then is never
+    answered (seen in CI)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    seen: list = []
+    sub = node.create_subscription(DiagnosticArray, "/diagnostics", seen.append, 10)
+    try:
+        ok = spin_until(executor, lambda: bool(seen) and client.server_is_ready(), timeout_s)
+        spin_until(executor, lambda: False, 1.0)
+        return ok
+    finally:
+        node.destroy_subscription(sub)
