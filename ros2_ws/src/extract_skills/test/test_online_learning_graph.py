@@ -209,6 +209,22 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
             dec.close()
 
 
+def _operator_graph(ctx, name: str, *nodes):
+    """An operator-side node (episode events, the reset service) and an executor over it and ``nodes``."""
+    from extract_msgs.srv import ResetEpisode
+
+    from extract_skills.graph import SERVICES
+
+    op = rclpy.create_node(name, context=ctx)
+    events: list[EpisodeEvent] = []
+    op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
+    reset = op.create_client(ResetEpisode, SERVICES["reset_episode"])
+    ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+    for n in (*nodes, op):
+        ex.add_node(n)
+    return op, events, reset, ex
+
+
 def test_supervisor_truncates_the_episode_of_a_dead_policy_and_goes_on_with_its_respawn(models):
     """Issue 15: kill -9 of the policy process mid-episode does not end the graph. The supervisor ends the
     episode as truncated (not counted) and the next one starts once a new policy process (what launch's
@@ -228,13 +244,7 @@ def test_supervisor_truncates_the_episode_of_a_dead_policy_and_goes_on_with_its_
         sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
             Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
             Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=True)])
-        op = rclpy.create_node("respawn_test", context=ctx)
-        events: list[EpisodeEvent] = []
-        op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
-        reset = op.create_client(ResetEpisode, SERVICES["reset_episode"])
-        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
-        for n in (dec, sup, op):
-            ex.add_node(n)
+        op, events, reset, ex = _operator_graph(ctx, "respawn_test", dec, sup)
 
         def starts():
             return [e.event for e in events].count(EpisodeEvent.START)
@@ -282,13 +292,7 @@ def test_reset_that_keeps_failing_asks_for_a_person_and_starts_no_episode(models
             Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
             Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False),
             Parameter("reset_retries", value=2)])
-        op = rclpy.create_node("reset_fail_test", context=ctx)
-        events: list[EpisodeEvent] = []
-        op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
-        reset = op.create_client(ResetEpisode, SERVICES["reset_episode"])
-        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
-        for n in (dec, sup, op):
-            ex.add_node(n)
+        op, events, reset, ex = _operator_graph(ctx, "reset_fail_test", dec, sup)
         kinds = lambda: [e.event for e in events]  # noqa: E731
         try:
             assert spin_until(ex, reset.service_is_ready, 15.0)
