@@ -124,7 +124,9 @@ class SkillDecoderServer(Node):
         self.arm = self._make_arm(kind)
         self._arm_kind = kind
         self._hardware_id = p["robot_ip"] if kind == "franky" else kind
-        self._versions = {"code_version": CODE_VERSION}
+        # what this node loaded, fixed for its lifetime: hashed once here, not on every /diagnostics tick
+        self._versions = {"code_version": CODE_VERSION,
+                          "checkpoint_sha256": file_sha256(models_dir(p["models_dir"]) / p["checkpoint"])}
         if kind == "franky":
             from extract_skills.arms.franky_arm import franky_versions
             self._versions["franky_control"], self._versions["libfranka"] = franky_versions()
@@ -345,7 +347,6 @@ class SkillDecoderServer(Node):
             st.level, st.message = DiagnosticStatus.OK, "ready"
         values = {"arm": self._arm_kind, "fault": "" if latched is None else f"{latched.fault.value}: {latched.error}",
                   "realtime": self.p["realtime"], "checkpoint": self.p["checkpoint"],
-                  "checkpoint_sha256": file_sha256(models_dir(self.p["models_dir"]) / self.p["checkpoint"]),
                   **self._versions,
                   **{k: str(v) for k, v in self.health.items()}}
         if self.skill_gaps:
