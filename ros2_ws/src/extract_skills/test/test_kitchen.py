@@ -172,3 +172,31 @@ def test_labels_replayed_through_the_executor_reproduce_the_demo(sim):
     err = np.abs(np.stack(got.qpos)[:, :7] - ep.qpos[1:, :7]).max()
     assert err < 1e-6, f"replayed labels drift {err:.2e} rad from the demo"
     assert got.completed == ["slide cabinet"]
+
+
+def test_onpolicy_collection_labels_visited_states_with_the_demo_commands(sim):
+    """DAgger data: the shipped decoder drives a demo's segments chained from its start; each visited state is
+    labelled so that q_visited + label = the demo's commanded joint target at that step (where the correction is
+    inside the clip), and the gripper label is the demo's gripper command. From the demo's own states the
+    relabelled commands are the demo's labels."""
+    from extract_skills.core.sim.onpolicy import MAX_CORRECTION, collect_onpolicy, relabel
+    from extract_skills.core.skills.deployment import load_deployment_bundle
+    from extract_skills.graph import default_models_dir
+
+    demo = ScriptedDemo(sim, DemoConfig(subtask_step_budget=120))
+    ep, results = demo.run_episode(("slide cabinet",), seed=11)
+    labels, proprio = ep.skill_actions(), ep.proprio()
+    assert np.allclose(relabel(labels, proprio, 5, 20, proprio[5:20]), labels[5:20], atol=1e-6)
+    bundle = load_deployment_bundle(default_models_dir() / "extract_kitchen.pt")
+    segs = [(s, min(s + 12, ep.num_steps), (s // 12) % bundle.num_skills) for s in range(0, ep.num_steps, 12)]
+    out = collect_onpolicy(sim, ep, segs, bundle)
+    assert [o.index for o in out] == list(range(len(segs)))  # nothing refused on this demo
+    assert np.allclose(out[0].states[0], proprio[0], atol=1e-6)  # starts from the demo's start state
+    q_cmd = labels[:, :7] + proprio[:-1, :7]
+    for o, (s, e, _) in zip(out, segs):
+        assert o.states.shape == o.targets.shape == (e - s, 8)
+        inside = np.abs(q_cmd[s:e] - o.states[:, :7]) < MAX_CORRECTION - 1e-4
+        assert np.allclose((o.states[:, :7] + o.targets[:, :7])[inside], q_cmd[s:e][inside], atol=1e-5)
+        assert np.all(np.abs(o.targets[:, :7]) <= MAX_CORRECTION + 1e-6)
+        assert np.allclose(o.targets[:, 7], labels[s:e, 7])
+    assert out[-1].drift > 0  # the decoder's own states, not the demo's

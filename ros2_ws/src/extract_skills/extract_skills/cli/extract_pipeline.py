@@ -46,7 +46,8 @@ THUMB_PX = 64
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="extract", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("stage", choices=(*STAGES, "all", "train-encoder", "import-encoder"), help="stage to run")
+    p.add_argument("stage", choices=(*STAGES, "all", "train-encoder", "import-encoder", "dagger"),
+                   help="stage to run")
     p.add_argument("--dataset", type=Path, default=None,
                    help="dataset directory (episode_XXXXXX.npz); every stage but import-encoder needs it")
     p.add_argument("--run-dir", type=Path, default=Path("runs/extract"), help="artifacts, pictures, logs")
@@ -97,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--progress-threshold", type=float, default=0.9)
     g.add_argument("--open-loop", action="store_true",
                    help="decoder without the measured proprio input (default: closed loop)")
+    g = p.add_argument_group("dagger (on-policy decoder rounds; needs a run directory's segments)")
+    g.add_argument("--base", type=Path, default=None, help="dagger: skill checkpoint to start from")
+    g.add_argument("--dagger-rounds", type=int, default=3, help="dagger: collect + fine-tune rounds")
+    g.add_argument("--dagger-steps", type=int, default=2000, help="dagger: fine-tuning steps per round")
+    g = p.add_argument_group("skill learning (continued)")
     g.add_argument("--action-frame", choices=("skill_start", "measured"), default="skill_start",
                    help="joint actions relative to the joints at the skill's start (errors do not integrate "
                         "over a skill) or to the joints measured at each step")
@@ -363,6 +369,134 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
     return _run_stage("train", args, h, args.out, run)
 
 
+def _episode_segments(run: Path) -> tuple[list[int], dict[int, list[tuple[int, int, int, int]]]]:
+    """(dataset file index per embedded episode, episode -> [(training row, start, end, skill)] in order)."""
+    doc = json.loads((run / "segments.json").read_text())
+    per: dict[int, list[tuple[int, int, int, int]]] = {}
+    for row, s in enumerate(doc["segments"]):  # load_training_data keeps this order: row = segment index
+        per.setdefault(int(s["episode"]), []).append((row, int(s["start"]), int(s["end"]), int(s["label"])))
+    return [int(i) for i in doc["episode_ids"]], per
+
+
+def chained_completions(sim, dataset: Path, ids: list[int], per: dict, episodes, bundle) -> tuple[int, int]:
+    """Subtasks completed when each episode's segments are decoded chained from its start (posterior mean, own
+    length), against what the demo itself completed: (decoded, demo)."""
+    from extract_skills.core.data.dataset import SUBTASK_NAMES, episode_path, read_episode
+    from extract_skills.core.sim.fidelity import replay_posterior
+    got = want = 0
+    for e in episodes:
+        ep = read_episode(episode_path(dataset, ids[e]))
+        task = list(ep.meta["task_sequence"])
+        demo = {SUBTASK_NAMES[i] for i in np.flatnonzero(ep.subtasks_done.any(0))}
+        res = replay_posterior(sim, ep, [(a, b, d) for _, a, b, d in per[e]], bundle)
+        got += len(set(res.completed) & set(task))
+        want += len(demo & set(task))
+    return got, want
+
+
+def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, steps: int, val_fraction: float,
+               seed: int = 0, force: bool = False) -> list[dict[str, Any]]:
+    """DAgger rounds for the closed-loop decoder, starting from the skill checkpoint ``base``.
+
+    Each round drives the kitchen through every training episode's segments with the current decoder
+    (:func:`extract_skills.core.sim.onpolicy.collect_onpolicy`), adds the visited states with the demo's commands
+    relabelled from there to the aggregate, and fine-tunes the whole model ``steps`` steps on demos + aggregate.
+    After every round the held-out episodes are decoded chained from their start; ``out`` gets the round with the
+    most held-out subtasks completed (round 0 = ``base``). Resumable: a finished round's checkpoint and data in
+    ``run`` are reused if they grew from the same ``base`` (``force``: start over). Returns one record per round."""
+    import dataclasses
+    import shutil
+
+    from extract_skills.core.data.dataset import episode_path, read_episode
+    from extract_skills.core.sim.kitchen import KitchenConfig, KitchenSim
+    from extract_skills.core.sim.onpolicy import collect_onpolicy
+    from extract_skills.core.skills.checkpoint import load_skill_bundle, save_skill_bundle
+    from extract_skills.core.skills.skill_model import (SkillTrainingData, concat_training_data,
+                                                         evaluate_skill_model, split_by_episode, train_skill_model)
+    from extract_skills.core.skills.encoders import file_sha256
+    bundle = load_skill_bundle(base)
+    base_sha = file_sha256(base)
+    for old in sorted(run.glob("dagger_round*.pt")) + sorted(run.glob("dagger_data_round*.npz")):
+        grown_from = load_skill_bundle(old).config.get("dagger", {}).get("base_sha256") if old.suffix == ".pt" else None
+        if force or (old.suffix == ".pt" and grown_from != base_sha):
+            if not force:
+                raise SystemExit(f"{old} grew from another base checkpoint than {base}: pass --force to start over")
+            old.unlink()
+    cfg = dataclasses.replace(bundle.model_config, train_steps=steps)
+    td = load_training_data(run, cfg.action_frame)
+    data, low, high = td["data"], bundle.action_low, bundle.action_high
+    train, val = split_by_episode(data, val_fraction, seed)
+    val_eps = sorted(int(e) for e in np.unique(val.episodes))
+    recorded = bundle.config.get("validation_episodes")
+    if recorded is not None and sorted(recorded) != val_eps:
+        raise SystemExit(f"{base} was validated on episodes {recorded}, this split holds out {val_eps}: "
+                         f"use the run directory and --val-fraction/--seed it was trained with")
+    ids, per = _episode_segments(run)
+    train_eps = sorted(int(e) for e in np.unique(train.episodes))
+    sim = KitchenSim(KitchenConfig(render=False))
+    agg_rows: list[int] = []
+    agg_states: list[np.ndarray] = []
+    agg_targets: list[np.ndarray] = []
+    best = (-1, 0, base)
+    records: list[dict[str, Any]] = []
+    for r in range(rounds + 1):
+        ckpt = base if r == 0 else run / f"dagger_round{r}.pt"
+        if r > 0 and not ckpt.exists():
+            t0 = time.perf_counter()
+            drift, done_segs = [], 0
+            for e in train_eps:
+                ep = read_episode(episode_path(dataset, ids[e]))
+                got = collect_onpolicy(sim, ep, [(a, b, d) for _, a, b, d in per[e]], bundle)
+                for seg in got:
+                    agg_rows.append(per[e][seg.index][0])
+                    agg_states.append(seg.states)
+                    agg_targets.append(seg.targets)
+                    drift.append(seg.drift)
+                done_segs += len(got)
+            collect_s = time.perf_counter() - t0
+            _savez_atomic(run / f"dagger_data_round{r}.npz", rows=np.array(agg_rows),
+                          lengths=np.array([len(s) for s in agg_states]),
+                          states=np.concatenate(agg_states), targets=np.concatenate(agg_targets))
+            print(f"[dagger] round {r}: {done_segs} of {len(train.labels)} training segments decoded on-policy in "
+                  f"{collect_s:.0f} s (mean drift {np.mean(drift):.3f} rad); aggregate {len(agg_rows)} segments")
+            rows = np.array(agg_rows)
+            onp = SkillTrainingData([data.actions[i] for i in rows], data.labels[rows], data.obs[rows],
+                                    data.episodes[rows], list(agg_states), list(agg_targets))
+            t0 = time.perf_counter()
+            model, _ = train_skill_model(concat_training_data([train, onp]), cfg, low, high, val=val,
+                                         init=bundle.model)
+            metrics = {"train": evaluate_skill_model(model, train, low, high),
+                       "validation": evaluate_skill_model(model, val, low, high)}
+            config = {**bundle.config, "validation": metrics["validation"], "train_metrics": metrics["train"],
+                      "dagger": {"round": r, "steps": steps, "aggregate_segments": len(agg_rows), "base": str(base),
+                                 "base_sha256": base_sha}}
+            save_skill_bundle(ckpt, model, encoder_name=bundle.meta.encoder_name,
+                              encoder_sha256=bundle.meta.encoder_sha256, centres=bundle.centres,
+                              obs_mean=bundle.obs_mean, obs_std=bundle.obs_std, action_low=low, action_high=high,
+                              config=config)
+            print(f"[dagger] round {r}: fine-tuned {steps} steps in {time.perf_counter() - t0:.0f} s; held-out "
+                  f"joint command error {metrics['validation']['joint_command_error_rad']:.4f} rad")
+        elif r > 0:  # resume: the aggregate this round trained on
+            with np.load(run / f"dagger_data_round{r}.npz") as z:
+                cuts = np.cumsum(z["lengths"])[:-1]
+                agg_rows = z["rows"].tolist()
+                agg_states = np.split(z["states"], cuts)
+                agg_targets = np.split(z["targets"], cuts)
+            print(f"[dagger] round {r}: reusing {ckpt}")
+        bundle = load_skill_bundle(ckpt)
+        got, want = chained_completions(sim, dataset, ids, per, val_eps, bundle)
+        records.append({"round": r, "checkpoint": str(ckpt), "heldout_chained": got, "heldout_demo": want,
+                        "aggregate_segments": len(agg_rows)})
+        print(f"[dagger] round {r}: held-out episodes decoded chained: {got} / {want} subtasks")
+        if got > best[0]:
+            best = (got, r, ckpt)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.copyfile(best[2], tmp)
+    os.replace(tmp, out)
+    print(f"[dagger] {out} <- round {best[1]} ({best[0]} held-out subtasks)")
+    return records
+
+
 def stage_train_encoder(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -553,6 +687,17 @@ def main(argv: list[str] | None = None) -> int:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     if args.stage == "train-encoder":
         stage_train_encoder(args)
+        return 0
+    if args.stage == "dagger":
+        if args.base is None or not args.base.is_file():
+            print(f"dagger needs --base, an existing skill checkpoint (got {args.base})", file=sys.stderr)
+            return 2
+        if args.dagger_rounds < 1 or args.dagger_steps < 1:
+            print("--dagger-rounds and --dagger-steps must be >= 1", file=sys.stderr)
+            return 2
+        records = run_dagger(args.run_dir, args.dataset, args.base, args.out, args.dagger_rounds, args.dagger_steps,
+                             args.val_fraction, args.seed, force=args.force)
+        (args.run_dir / "dagger.json").write_text(json.dumps(records, indent=1))
         return 0
     from extract_skills.core.skills.encoders import EncoderWeightsMissingError
     wanted = STAGES if args.stage == "all" else STAGES[:STAGES.index(args.stage) + 1]

@@ -1,12 +1,23 @@
 """Kitchen sim node: the MuJoCo Franka Kitchen as a robot on the ROS graph.
 
-Free-running at the kitchen's control period (like a real robot, the world does not wait): each tick
-applies the latest joint target from /joint_commands (holding position when none came), steps the
-physics one control step, and publishes the camera image, /joint_states and /subtask_status.
-/sim/reset (std_srvs/Trigger) resets the scene for a new episode.
+Each tick applies a joint target from /joint_commands (holding position when none came), steps the physics
+one control step, and publishes the camera image, /joint_states and /subtask_status. /sim/reset
+(std_srvs/Trigger) resets the scene for a new episode.
+
+Two clocks:
+
+* ``lockstep`` (default): while commands flow (a skill runs), the physics steps exactly once per command, in
+  the order they came, as soon as each arrives; whenever ``idle_ticks`` control periods pass without one it
+  ticks once, holding the last target (between skills: the camera keeps publishing and objects settle). This is the twin of the training harness and of the real arm's own control loop, which never
+  skips or doubles a command. Free-running on a loaded 2-core machine, the rendering tick fell to 8 Hz and
+  only 56% of the decoder's commands got exactly one physics step (29% none, 15% two), so decoded skills ran
+  visibly differently in the graph than in the harness.
+* free-running (``lockstep: false``): one tick per control period of wall time, applying the latest target
+  (like a real robot, the world does not wait; commands that arrive faster than the ticks are overwritten).
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -29,6 +40,8 @@ DEFAULTS = {
     "task": "",  # comma-separated subtasks of the evaluation task
     "seed": 0,
     "camera_frame": "kitchen_camera",
+    "lockstep": True,  # one physics step per command while commands flow (see the module docstring)
+    "idle_ticks": 3,  # lockstep: control periods without a command before the sim ticks on its own
 }
 
 
@@ -48,11 +61,15 @@ class KitchenSimNode(Node):
         self.p = declare(self, DEFAULTS, {
             "image_size": lambda v: None if 16 <= v <= 1024 else "must be in [16, 1024] px",
             "real_time_factor": lambda v: None if v >= 0 else "must be >= 0",
+            "idle_ticks": lambda v: None if v >= 1 else "must be >= 1",
             "task": lambda v: (parse_task(v), None)[1],
         })
         self.task = parse_task(self.p["task"])
         self._lock = threading.Lock()
         self._target: tuple[np.ndarray, float] | None = None
+        # lockstep: commands not yet stepped, oldest first (bounded: a decoder waits for each step's state)
+        self._commands: collections.deque = collections.deque(maxlen=64)
+        self._command_ready = threading.Condition(self._lock)
         self._reset_requests: list[threading.Event] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -78,11 +95,14 @@ class KitchenSimNode(Node):
             return
         with self._lock:
             self._target = (q, gripper)
+            self._commands.append((q, gripper))
+            self._command_ready.notify()
 
     def _on_reset(self, _req, resp):
         done = threading.Event()
         with self._lock:
             self._reset_requests.append(done)
+            self._command_ready.notify()
         ok = done.wait(30.0)
         resp.success = ok
         resp.message = f"kitchen reset, task {list(self.task)}" if ok else "kitchen reset timed out"
@@ -101,6 +121,8 @@ class KitchenSimNode(Node):
         seed = int(self.p["seed"])
         rtf = self.p["real_time_factor"]
         period = sim.dt / rtf if rtf > 0 else 0.0
+        lockstep = bool(self.p["lockstep"])
+        idle_s = self.p["idle_ticks"] * (period or sim.dt)
 
         def reset():
             nonlocal seed
@@ -108,6 +130,7 @@ class KitchenSimNode(Node):
             seed += 1
             with self._lock:
                 self._target = None  # hold the reset pose until the first command
+                self._commands.clear()
 
         try:
             reset()
@@ -120,8 +143,18 @@ class KitchenSimNode(Node):
                     reset()
                     for ev in requests:
                         ev.set()
+                commanded = None
                 with self._lock:
-                    target = self._target
+                    if lockstep:
+                        if not self._commands and not self._reset_requests:
+                            self._command_ready.wait(idle_s)
+                        if self._commands:
+                            commanded = self._commands.popleft()
+                    else:
+                        self._commands.clear()
+                    target = commanded or self._target
+                if lockstep and commanded is None and self._reset_requests:
+                    continue  # reset first, then tick
                 if target is None:
                     s = arm.read_state()
                     target = (s.q, s.gripper)
@@ -129,6 +162,8 @@ class KitchenSimNode(Node):
                         self._target = target
                 step = arm.step_to(*target)
                 self._publish(step.obs, arm.read_state())
+                if lockstep:
+                    continue  # the next command (or the idle timeout) paces the next tick
                 next_tick += period
                 delay = next_tick - time.monotonic()
                 if delay > 0:
@@ -154,6 +189,8 @@ class KitchenSimNode(Node):
 
     def close(self) -> None:
         self._stop.set()
+        with self._lock:
+            self._command_ready.notify()
         self._thread.join(10.0)
 
 

@@ -64,13 +64,21 @@ DEFAULTS = {
 
 
 class TopicArm(Arm):
-    """The kitchen sim node as an Arm: checked targets out on /joint_commands, state in from /joint_states."""
+    """The kitchen sim node as an Arm: checked targets out on /joint_commands, state in from /joint_states.
 
-    def __init__(self, node: Node, limits: SafetyLimits, stationary_tol: float = 0.05) -> None:
+    After a command, :meth:`read_state` waits (up to ``fresh_state_timeout_s``) for a joint state received after
+    it, so a closed-loop decoder's next step sees the motion its last command caused, as the real arm's state
+    does; a sim that stops answering is an :class:`ArmNetworkError`, not a stale state fed to the decoder."""
+
+    def __init__(self, node: Node, limits: SafetyLimits, stationary_tol: float = 0.05,
+                 fresh_state_timeout_s: float = 1.0) -> None:
         self._node = node
         self._limits = limits
         self.stationary_tol = stationary_tol
+        self.fresh_state_timeout_s = fresh_state_timeout_s
         self._state: ArmState | None = None
+        self._sent_at: float | None = None  # monotonic time of the last command
+        self._fresh = threading.Condition()
         self._pub = node.create_publisher(JointState, TOPICS["joint_commands"], 10)
         subscribe(node, JointState, TOPICS["joint_states"], self._on_state, 10,
                                  callback_group=ReentrantCallbackGroup())
@@ -81,7 +89,9 @@ class TopicArm(Arm):
         except ValueError as exc:
             self._node.get_logger().error(f"bad joint state: {exc}", throttle_duration_sec=2.0)
             return
-        self._state = ArmState(q=q, dq=dq, gripper=g, stamp=time.monotonic())
+        with self._fresh:
+            self._state = ArmState(q=q, dq=dq, gripper=g, stamp=time.monotonic())
+            self._fresh.notify_all()
 
     def connect(self) -> None:
         pass
@@ -90,11 +100,19 @@ class TopicArm(Arm):
         pass
 
     def read_state(self) -> ArmState:
-        if self._state is None:
-            raise ArmNetworkError(f"no joint state received on {TOPICS['joint_states']} yet")
-        return self._state
+        with self._fresh:
+            if self._state is None:
+                raise ArmNetworkError(f"no joint state received on {TOPICS['joint_states']} yet")
+            sent = self._sent_at
+            if sent is not None and not self._fresh.wait_for(lambda: self._state.stamp > sent,
+                                                             self.fresh_state_timeout_s):
+                raise ArmNetworkError(f"no joint state on {TOPICS['joint_states']} within "
+                                      f"{self.fresh_state_timeout_s} s of the last command (is the sim running?)")
+            return self._state
 
     def _send(self, cmd: CheckedCommand) -> None:
+        with self._fresh:
+            self._sent_at = time.monotonic()
         self._pub.publish(joint_state_msg(cmd.q, cmd.gripper, self._node.get_clock().now().to_msg()))
 
     def stop(self) -> None:
@@ -174,7 +192,7 @@ class SkillDecoderServer(Node):
 
     def _make_arm(self, kind: str) -> Arm:
         if kind == "sim":
-            return TopicArm(self, self.limits)
+            return TopicArm(self, self.limits, fresh_state_timeout_s=self.p["state_max_age_s"])
         if kind == "fake":
             return FakeArm(dt=self.p["control_period_s"] or 0.08)
         from extract_skills.arms.franky_arm import FrankyArm, FrankyArmConfig

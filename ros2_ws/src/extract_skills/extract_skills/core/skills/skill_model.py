@@ -319,6 +319,9 @@ class SkillTrainingData:
     obs: np.ndarray  # (S, obs_dim) float32, already normalised (embedding part) + proprio
     episodes: np.ndarray | None = None  # (S,) episode id of each segment (validation splits whole episodes)
     states: list[np.ndarray] | None = None  # per segment (L_i, 8) proprio before each action (closed loop)
+    targets: list[np.ndarray] | None = None  # per segment (L_i, A) what the decoder must emit from ``states``
+    # when that differs from ``actions`` (on-policy relabelled segments: the encoder reads the demo's actions,
+    # the decoder sees the states its own rollout visited and the demo's commanded targets from there)
 
     def __post_init__(self) -> None:
         if not (len(self.actions) == len(self.labels) == len(self.obs)):
@@ -329,11 +332,36 @@ class SkillTrainingData:
             raise ValueError("episodes must have one entry per segment")
         if self.states is not None and [len(s) for s in self.states] != [len(a) for a in self.actions]:
             raise ValueError("states must have one (L_i, 8) entry per segment, as long as its actions")
+        if self.targets is not None and (self.states is None or [t.shape for t in self.targets] !=
+                                         [a.shape for a in self.actions]):
+            raise ValueError("targets need states and must have one entry per segment, shaped like its actions")
 
     def subset(self, idx: np.ndarray) -> "SkillTrainingData":
         return SkillTrainingData([self.actions[i] for i in idx], self.labels[idx], self.obs[idx],
                                  None if self.episodes is None else self.episodes[idx],
-                                 None if self.states is None else [self.states[i] for i in idx])
+                                 None if self.states is None else [self.states[i] for i in idx],
+                                 None if self.targets is None else [self.targets[i] for i in idx])
+
+    def decoder_targets(self) -> list[np.ndarray]:
+        """What the decoder must reproduce per segment: ``targets`` where given, else the actions."""
+        return self.actions if self.targets is None else self.targets
+
+
+def concat_training_data(parts: Sequence[SkillTrainingData]) -> SkillTrainingData:
+    """One data set from several (demo segments plus on-policy relabelled ones); per-part ``targets`` default to
+    the actions, so mixing relabelled and plain data keeps both."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    with_states = [p.states is not None for p in parts]
+    if any(with_states) and not all(with_states):
+        raise ValueError("either every part has states or none does")
+    relabelled = any(p.targets is not None for p in parts)
+    return SkillTrainingData(
+        [a for p in parts for a in p.actions], np.concatenate([p.labels for p in parts]),
+        np.concatenate([p.obs for p in parts]),
+        None if any(p.episodes is None for p in parts) else np.concatenate([p.episodes for p in parts]),
+        [s for p in parts for s in p.states] if all(with_states) else None,
+        [t for p in parts for t in p.decoder_targets()] if relabelled else None)
 
 
 def split_by_episode(data: SkillTrainingData, val_fraction: float, seed: int = 0
@@ -364,12 +392,23 @@ def pad_segments(actions: Sequence[np.ndarray], max_len: int | None = None
     return out, np.minimum(lengths, L)
 
 
+def _normalised_padded(actions: Sequence[np.ndarray], cfg: SkillModelConfig, action_low: np.ndarray,
+                       action_high: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    padded, lengths = pad_segments(actions, cfg.max_segment_len)
+    acts = normalise_actions(torch.from_numpy(padded), torch.as_tensor(action_low), torch.as_tensor(action_high))
+    return acts * (torch.arange(acts.shape[1])[None, :, None] < torch.from_numpy(lengths)[:, None, None]), lengths
+
+
+def _decoder_targets(data: SkillTrainingData, cfg: SkillModelConfig, action_low: np.ndarray,
+                     action_high: np.ndarray) -> torch.Tensor | None:
+    """Normalised padded ``targets`` (None when the decoder reproduces the actions)."""
+    return None if data.targets is None else _normalised_padded(data.targets, cfg, action_low, action_high)[0]
+
+
 def _tensors(data: SkillTrainingData, cfg: SkillModelConfig, action_low: np.ndarray, action_high: np.ndarray
              ) -> tuple[torch.Tensor, ...]:
     """(normalised zero-padded actions, lengths, labels, obs, states or None) tensors, checked against the config."""
-    padded, lengths = pad_segments(data.actions, cfg.max_segment_len)
-    acts = normalise_actions(torch.from_numpy(padded), torch.as_tensor(action_low), torch.as_tensor(action_high))
-    acts = acts * (torch.arange(acts.shape[1])[None, :, None] < torch.from_numpy(lengths)[:, None, None])
+    acts, lengths = _normalised_padded(data.actions, cfg, action_low, action_high)
     labels = torch.as_tensor(data.labels, dtype=torch.long)
     if labels.min() < 0 or labels.max() >= cfg.num_skills:
         raise ValueError(f"labels must be in [0, {cfg.num_skills}), got range [{labels.min()}, {labels.max()}]")
@@ -465,7 +504,7 @@ def _noisy_states(acts: torch.Tensor, states: torch.Tensor, cfg: SkillModelConfi
 
 def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low: np.ndarray,
                       action_high: np.ndarray, callback: Callable[[int, dict[str, float]], None] | None = None,
-                      val: SkillTrainingData | None = None, eval_every: int = 100
+                      val: SkillTrainingData | None = None, eval_every: int = 100, init: SkillModel | None = None
                       ) -> tuple[SkillModel, dict[str, list[float]]]:
     """AdamW on the joint loss over random minibatches of segments; returns (model in eval mode, history).
 
@@ -474,12 +513,18 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
     is kept. The priors overfit long before the VAE stops improving, and the argument prior's target (the
     posterior) moves while the VAE trains, so both priors are then refitted against the final posterior with
     early stopping on ``val`` (:func:`fit_priors`), and the skill prior's temperature is fitted on ``val``.
+
+    ``init``: continue from this model (same config shapes) instead of a fresh one, e.g. a DAgger round
+    (:mod:`extract_skills.core.sim.onpolicy`) fine-tuning the decoder on the states its own rollouts visited.
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
+    targets = _decoder_targets(data, cfg, action_low, action_high)
     low, high = torch.as_tensor(action_low), torch.as_tensor(action_high)
     model = SkillModel(cfg)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Cosine decay: at a constant lr the minibatch noise sets a floor on the decoder's precision.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train_steps, eta_min=cfg.lr * cfg.lr_final_fraction)
@@ -492,8 +537,9 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
         idx = torch.from_numpy(rng.choice(n, size=min(cfg.batch_size, n), replace=False))
         Lb = int(lens[idx].max())
         st = None if states is None else states[idx, :Lb]
-        losses = model.loss(acts[idx, :Lb], lens[idx], labels[idx], obs[idx], st,
-                            decoder_io=_noisy_states(acts[idx, :Lb], st, cfg, low, high) if cfg.state_noise else None)
+        tg = acts[idx, :Lb] if targets is None else targets[idx, :Lb]
+        io = _noisy_states(tg, st, cfg, low, high) if cfg.state_noise else (None if targets is None else (st, tg))
+        losses = model.loss(acts[idx, :Lb], lens[idx], labels[idx], obs[idx], st, decoder_io=io)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
