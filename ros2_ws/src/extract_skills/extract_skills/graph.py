@@ -146,6 +146,8 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
                   (("kitchen_sim", "task"), ("reward_reset_supervisor", "task"))),
         LaunchArg("seed", "0", "Random seed of the sim and the policy",
                   (("kitchen_sim", "seed"), ("skill_policy", "seed"))),
+        LaunchArg("lockstep", "true", "Sim steps once per decoder command (true) or free-runs at its control period "
+                  "(false)", (("kitchen_sim", "lockstep"),)),
         *_LEARNING_ARGS,
     ),
     "real": (

@@ -200,3 +200,18 @@ def test_onpolicy_collection_labels_visited_states_with_the_demo_commands(sim):
         assert np.all(np.abs(o.targets[:, :7]) <= MAX_CORRECTION + 1e-6)
         assert np.allclose(o.targets[:, 7], labels[s:e, 7])
     assert out[-1].drift > 0  # the decoder's own states, not the demo's
+
+
+def test_a_kitchen_then_an_optimiser_in_one_process():
+    """torch loads triton on the first optimiser; after mujoco's OSMesa that segfaulted the process (a DAgger
+    round died this way). KitchenSim loads triton first, so training next to a kitchen works."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from extract_skills.core.sim.kitchen import KitchenConfig, KitchenSim\n"
+            "sim = KitchenSim(KitchenConfig(render=False))\n"
+            "opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())\n"
+            "print('trained next to a kitchen')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "trained next to a kitchen" in out.stdout, out.stderr[-2000:]

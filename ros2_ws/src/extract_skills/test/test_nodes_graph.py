@@ -8,6 +8,7 @@ test_interfaces.py.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import numpy as np
@@ -458,3 +459,62 @@ def test_ros_clock_jumping_back_changes_no_timeout(models):
                 dec.arm.commands.clear()
         finally:
             dec.close()
+
+
+def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_step():
+    """The sim twin in lockstep: a burst of commands gets exactly one physics step each, in order (free-running,
+    commands faster than the ticks were overwritten); the decoder's TopicArm reads, after a command, only a
+    state from after it, and a sim that stops answering is an ArmNetworkError, not a stale state."""
+    from extract_skills.core.control.arm import ArmNetworkError
+    from extract_skills.core.control.safety import SafetyLimits, check_command
+    from extract_skills.nodes.common import joint_state_msg
+    from extract_skills.core.sim.scripted_demos import REST_Q
+    from extract_skills.nodes.kitchen_sim_node import KitchenSimNode
+    from extract_skills.nodes.skill_decoder_server import TopicArm
+
+    limits = SafetyLimits(robot="panda", max_step_delta=0.16, dt=0.08)
+    with RclpyContext() as ctx:
+        # idle ticks 80 s apart: within this test every physics step is a commanded one
+        sim = KitchenSimNode(context=ctx, parameter_overrides=_params(
+            {"image_size": 32, "task": "microwave", "lockstep": True, "idle_ticks": 1000}))
+        test = rclpy.create_node("lockstep_test", context=ctx)
+        states: list = []
+        test.create_subscription(JointState, TOPICS["joint_states"], states.append, 100)
+        arm = TopicArm(test, limits, fresh_state_timeout_s=10.0)
+        pub = test.create_publisher(JointState, TOPICS["joint_commands"], 100)
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        ex.add_node(sim)
+        ex.add_node(test)
+        try:
+            # one command to get a first state (the sim has not ticked yet)
+            spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0)
+            pub.publish(joint_state_msg(REST_Q, 1.0, test.get_clock().now().to_msg()))
+            assert spin_until(ex, lambda: len(states) == 1, 30.0)
+            q0 = np.array(states[0].position[:7])
+            targets = [q0 + 0.02 * (k + 1) * np.eye(7)[k % 7] for k in range(6)]
+            for q in targets:  # a burst, faster than the sim can render
+                pub.publish(joint_state_msg(q, 1.0, test.get_clock().now().to_msg()))
+            assert spin_until(ex, lambda: len(states) >= 7, 30.0), f"{len(states) - 1} of 6 commands stepped"
+            spin_until(ex, lambda: len(states) > 7, 1.0)
+            assert len(states) == 7, "the sim stepped more often than it was commanded"
+            # the decoder side: every read after a command is a state from after it
+            assert spin_until(ex, lambda: arm._state is not None, 10.0)
+            before = len(states)
+            reads = []
+
+            def send_and_read():
+                s = arm.read_state()
+                arm.send(check_command(s.q, s.q, s.gripper, limits))
+                reads.append(arm.read_state())  # blocks until the sim's state after this command
+
+            t = threading.Thread(target=send_and_read)
+            t.start()
+            assert spin_until(ex, lambda: not t.is_alive(), 30.0)
+            assert reads and reads[0].stamp > arm._sent_at and len(states) == before + 1
+        finally:
+            sim.close()
+        # the sim is gone: a command is never answered, and the next read says so
+        arm.fresh_state_timeout_s = 0.3
+        arm.send(check_command(arm._state.q, arm._state.q, arm._state.gripper, limits))
+        with pytest.raises(ArmNetworkError, match="within 0.3 s of the last command"):
+            arm.read_state()

@@ -94,6 +94,19 @@ class StepResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _preload_triton() -> None:
+    """Load triton's native library (if installed) before the kitchen loads Mesa's.
+
+    torch imports triton lazily, e.g. on the first ``torch.optim`` optimiser. Loaded *after* mujoco's OSMesa
+    (whose llvmpipe brings its own LLVM), triton's native library crashed the process with a segfault
+    (reproduced: ``import mujoco; import triton``, or a KitchenSim and then the first optimiser); loaded
+    first, both work."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 def _import_kitchen() -> tuple[Any, Any]:
     import gymnasium as gym
     import gymnasium_robotics
@@ -108,6 +121,7 @@ class KitchenSim:
     """``FrankaKitchen-v1`` with images, physics-measured subtask flags and a sparse task reward."""
 
     def __init__(self, config: KitchenConfig | None = None) -> None:
+        _preload_triton()  # before mujoco brings in OSMesa
         import mujoco
 
         self.config = config or KitchenConfig()
