@@ -407,6 +407,8 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
     import dataclasses
     import shutil
 
+    from tqdm import tqdm
+
     from extract_skills.core.data.dataset import episode_path, read_episode
     from extract_skills.core.sim.kitchen import KitchenConfig, KitchenSim
     from extract_skills.core.sim.onpolicy import collect_onpolicy
@@ -444,7 +446,7 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
         if r > 0 and not ckpt.exists():
             t0 = time.perf_counter()
             drift, done_segs = [], 0
-            for e in train_eps:
+            for e in tqdm(train_eps, desc=f"dagger round {r}: decode training episodes", unit="episode"):
                 ep = read_episode(episode_path(dataset, ids[e]))
                 got = collect_onpolicy(sim, ep, [(a, b, d) for _, a, b, d in per[e]], bundle)
                 for seg in got:
