@@ -213,3 +213,25 @@ def test_relabelled_targets_train_the_decoder_from_the_states_it_visited():
     want = np.stack(test.targets)[..., 0]
     # measured: 0.28 of the law's size after 1000 steps (0.77 after 400; the untrained decoder ~1)
     assert np.abs(dq0 - want).mean() < 0.45 * np.abs(want).mean(), "the decoder did not learn the relabelled law"
+
+
+def test_decoder_only_fine_tuning_keeps_the_posterior_and_priors():
+    """DAgger's decoder-only rounds: the encoder and both priors (weights and fitted temperature) stay bit for bit the
+    base model's, so an RL policy started from those priors sees the same argument space; the decoder moves."""
+    data = _synthetic(n_per_skill=16)
+    data.episodes = np.arange(len(data.labels)) // 4
+    data.states = [np.zeros((len(a), 8), np.float32) for a in data.actions]
+    low, high = compute_action_bounds(np.concatenate(data.actions))
+    cfg = SkillModelConfig(num_skills=2, obs_dim=10, hidden_dim=16, max_segment_len=LONG_LEN, closed_loop=True,
+                           action_frame="measured", batch_size=16, train_steps=30)
+    from extract_skills.core.skills.skill_model import split_by_episode
+    train, val = split_by_episode(data, 0.25, seed=0)
+    base, _ = train_skill_model(train, cfg, low, high, val=val, eval_every=10)
+    with pytest.raises(ValueError, match="init"):
+        train_skill_model(train, cfg, low, high, decoder_only=True)
+    tuned, _ = train_skill_model(train, cfg, low, high, val=val, eval_every=10, init=base, decoder_only=True)
+    for name in ("skill_encoder", "skill_prior", "argument_prior"):
+        for (k, a), b in zip(getattr(base, name).state_dict().items(), getattr(tuned, name).state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{k} changed"
+    assert any(not torch.equal(a, b) for a, b in zip(base.skill_decoder.state_dict().values(),
+                                                     tuned.skill_decoder.state_dict().values()))

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base", type=Path, default=None, help="dagger: skill checkpoint to start from")
     g.add_argument("--dagger-rounds", type=int, default=3, help="dagger: collect + fine-tune rounds")
     g.add_argument("--dagger-steps", type=int, default=2000, help="dagger: fine-tuning steps per round")
+    g.add_argument("--dagger-decoder-only", action="store_true",
+                   help="dagger: fine-tune only the decoder (posteriors and priors stay the base's)")
     g = p.add_argument_group("skill learning (continued)")
     g.add_argument("--action-frame", choices=("skill_start", "measured"), default="skill_start",
                    help="joint actions relative to the joints at the skill's start (errors do not integrate "
@@ -395,7 +397,7 @@ def chained_completions(sim, dataset: Path, ids: list[int], per: dict, episodes,
 
 
 def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, steps: int, val_fraction: float,
-               seed: int = 0, force: bool = False) -> list[dict[str, Any]]:
+               seed: int = 0, force: bool = False, decoder_only: bool = False) -> list[dict[str, Any]]:
     """DAgger rounds for the closed-loop decoder, starting from the skill checkpoint ``base``.
 
     Each round drives the kitchen through every training episode's segments with the current decoder
@@ -403,7 +405,8 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
     relabelled from there to the aggregate, and fine-tunes the whole model ``steps`` steps on demos + aggregate.
     After every round the held-out episodes are decoded chained from their start; ``out`` gets the round with the
     most held-out subtasks completed (round 0 = ``base``). Resumable: a finished round's checkpoint and data in
-    ``run`` are reused if they grew from the same ``base`` (``force``: start over). Returns one record per round."""
+    ``run`` are reused if they grew from the same ``base`` (``force``: start over). ``decoder_only``: fine-tune only
+    the decoder (the encoder's posteriors and both priors stay the base's). Returns one record per round."""
     import dataclasses
     import shutil
 
@@ -466,12 +469,12 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
                                     data.episodes[rows], list(agg_states), list(agg_targets))
             t0 = time.perf_counter()
             model, _ = train_skill_model(concat_training_data([train, onp]), cfg, low, high, val=val,
-                                         init=bundle.model)
+                                         init=bundle.model, decoder_only=decoder_only)
             metrics = {"train": evaluate_skill_model(model, train, low, high),
                        "validation": evaluate_skill_model(model, val, low, high)}
             config = {**bundle.config, "validation": metrics["validation"], "train_metrics": metrics["train"],
                       "dagger": {"round": r, "steps": steps, "aggregate_segments": len(agg_rows), "base": str(base),
-                                 "base_sha256": base_sha}}
+                                 "base_sha256": base_sha, "decoder_only": decoder_only}}
             save_skill_bundle(ckpt, model, encoder_name=bundle.meta.encoder_name,
                               encoder_sha256=bundle.meta.encoder_sha256, centres=bundle.centres,
                               obs_mean=bundle.obs_mean, obs_std=bundle.obs_std, action_low=low, action_high=high,
@@ -698,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
             print("--dagger-rounds and --dagger-steps must be >= 1", file=sys.stderr)
             return 2
         records = run_dagger(args.run_dir, args.dataset, args.base, args.out, args.dagger_rounds, args.dagger_steps,
-                             args.val_fraction, args.seed, force=args.force)
+                             args.val_fraction, args.seed, force=args.force,
+                             decoder_only=args.dagger_decoder_only)
         (args.run_dir / "dagger.json").write_text(json.dumps(records, indent=1))
         return 0
     from extract_skills.core.skills.encoders import EncoderWeightsMissingError

@@ -504,8 +504,8 @@ def _noisy_states(acts: torch.Tensor, states: torch.Tensor, cfg: SkillModelConfi
 
 def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low: np.ndarray,
                       action_high: np.ndarray, callback: Callable[[int, dict[str, float]], None] | None = None,
-                      val: SkillTrainingData | None = None, eval_every: int = 100, init: SkillModel | None = None
-                      ) -> tuple[SkillModel, dict[str, list[float]]]:
+                      val: SkillTrainingData | None = None, eval_every: int = 100, init: SkillModel | None = None,
+                      decoder_only: bool = False) -> tuple[SkillModel, dict[str, list[float]]]:
     """AdamW on the joint loss over random minibatches of segments; returns (model in eval mode, history).
 
     With ``val`` (held-out episodes): every ``eval_every`` steps the validation losses (free-running, posterior
@@ -516,7 +516,11 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
 
     ``init``: continue from this model (same config shapes) instead of a fresh one, e.g. a DAgger round
     (:mod:`extract_skills.core.sim.onpolicy`) fine-tuning the decoder on the states its own rollouts visited.
+    ``decoder_only`` (with ``init``): only the skill decoder is trained; the encoder, hence every segment's
+    posterior, and both priors (their fit and temperature) stay exactly those of ``init``.
     """
+    if decoder_only and init is None:
+        raise ValueError("decoder_only fine-tunes an existing model: pass init")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
@@ -525,7 +529,8 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
     model = SkillModel(cfg)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trained = model.skill_decoder if decoder_only else model
+    opt = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Cosine decay: at a constant lr the minibatch noise sets a floor on the decoder's precision.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train_steps, eta_min=cfg.lr * cfg.lr_final_fraction)
     history: dict[str, list[float]] = {}
@@ -542,7 +547,7 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
         losses = model.loss(acts[idx, :Lb], lens[idx], labels[idx], obs[idx], st, decoder_io=io)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        nn.utils.clip_grad_norm_(trained.parameters(), 10.0)
         opt.step()
         sched.step()
         scalars = {k: float(v.item()) for k, v in losses.items()}
@@ -563,8 +568,9 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
     if vt is not None:
         model.load_state_dict(best[2])
         LOG.info("VAE: kept the weights of step %d (best held-out score)", best[1])
-        history["prior_refit"] = fit_priors(model, (acts, lens, labels, obs), vt[:4], seed=cfg.seed)
-        fit_temperature(model, vt[3], vt[2])
+        if not decoder_only:  # the posterior did not move: the priors fitted to it stay
+            history["prior_refit"] = fit_priors(model, (acts, lens, labels, obs), vt[:4], seed=cfg.seed)
+            fit_temperature(model, vt[3], vt[2])
     return model, history
 
 
