@@ -152,9 +152,10 @@ class KitchenSimNode(Node):
                             commanded = self._commands.popleft()
                     else:
                         self._commands.clear()
-                    target = commanded or self._target
-                if lockstep and commanded is None and self._reset_requests:
-                    continue  # reset first, then tick
+                    target = commanded if commanded is not None else self._target
+                    reset_pending = bool(self._reset_requests)
+                if lockstep and commanded is None and reset_pending:
+                    continue  # a reset woke the wait: reset first, then tick
                 if target is None:
                     s = arm.read_state()
                     target = (s.q, s.gripper)
