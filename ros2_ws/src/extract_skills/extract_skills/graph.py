@@ -146,6 +146,8 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
                   (("kitchen_sim", "task"), ("reward_reset_supervisor", "task"))),
         LaunchArg("seed", "0", "Random seed of the sim and the policy",
                   (("kitchen_sim", "seed"), ("skill_policy", "seed"))),
+        LaunchArg("summary_json", "", "Write the episode summary (JSON) here after every episode (empty = no file)",
+                  (("reward_reset_supervisor", "summary_json"),)),
         LaunchArg("lockstep", "true", "Sim steps once per decoder command (true) or free-runs at its control period "
                   "(false)", (("kitchen_sim", "lockstep"),)),
         *_LEARNING_ARGS,

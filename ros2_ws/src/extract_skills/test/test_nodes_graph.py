@@ -7,6 +7,8 @@ test_interfaces.py.
 """
 from __future__ import annotations
 
+import json
+
 import signal
 import threading
 import time
@@ -41,11 +43,13 @@ def _params(d: dict) -> list[Parameter]:
     return [Parameter(k, value=v) for k, v in d.items()]
 
 
-def test_sim_episode_end_to_end(models):
+def test_sim_episode_end_to_end(models, tmp_path):
     """image -> embedding -> SkillCommand -> ExecuteSkill -> joint commands move the sim arm -> EpisodeEvent."""
     from extract_skills.nodes.run_graph import build_nodes, node_parameters
 
-    params = node_parameters("sim", {"models_dir": str(models), "num_episodes": "1", "task": "microwave,kettle"})
+    summary_json = tmp_path / "runs" / "summary.json"  # the launch argument run_sim.sh sets, in a missing dir
+    params = node_parameters("sim", {"models_dir": str(models), "num_episodes": "1", "task": "microwave,kettle",
+                                     "summary_json": str(summary_json)})
     params["skill_policy"].update(step_limit=8)
     params["reward_reset_supervisor"].update(max_skills_per_episode=3)
     with RclpyContext() as ctx:
@@ -71,6 +75,8 @@ def test_sim_episode_end_to_end(models):
     assert events[:2] == [EpisodeEvent.RESET, EpisodeEvent.START]
     assert events[-1] in (EpisodeEvent.TRUNCATED, EpisodeEvent.SUCCESS)
     assert sup.summary and sup.summary[0]["skills"] >= 3
+    # the supervisor itself writes the summary, so `ros2 launch` and run_graph leave the same file
+    assert json.loads(summary_json.read_text()) == sup.summary
     assert len(got["cmds"]) >= 3 and all(c.policy == SkillCommand.POLICY_PRIOR for c in got["cmds"])
     # embeddings carry the stamp of a published camera image
     assert got["emb"] and got["emb"][0].encoder_name == "r3m_resnet18" and len(got["emb"][0].embedding) == 512

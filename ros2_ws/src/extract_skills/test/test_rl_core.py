@@ -410,3 +410,25 @@ def test_disk_full_pauses_writes_keeps_transitions_and_catches_up(tmp_path):
     back = Learner(_agent(batch_size=16, learning_starts=16), tmp_path, seed=2)
     assert back.resume() is not None
     assert len(back.buffer) == 80  # nothing lost: the 40 transitions added while the disk was full are there
+
+
+def test_episode_tracker_rewards_each_subtask_once_and_the_summary_counts_only_counted_episodes():
+    from extract_skills.core.rl.episode import EpisodeTracker, format_summary
+
+    t = EpisodeTracker(("microwave", "kettle"))
+    assert t.update({"kettle": True, "light switch": True}) == ["kettle"]  # not in the task: no reward
+    assert t.update({"kettle": True}) == [] and t.episode_return == 1.0 and not t.all_done
+    assert t.update({"microwave": True, "kettle": True}) == ["microwave"] and t.all_done
+    with pytest.raises(ValueError, match="twice"):
+        EpisodeTracker(("kettle", "kettle"))
+    table = format_summary([
+        {"episode": 1, "outcome": "success", "counted": True, "return": 2.0, "skills": 5, "seconds": 30.0,
+         "completed": ["kettle", "microwave"]},
+        {"episode": 2, "outcome": "truncated", "counted": False, "return": 0.0, "skills": 1, "seconds": 3.0,
+         "completed": []},
+        {"episode": 3, "outcome": "truncated", "counted": True, "return": 1.0, "skills": 12, "seconds": 90.0,
+         "completed": ["kettle"]},
+    ])
+    lines = table.splitlines()
+    assert len(lines) == 5 and "kettle, microwave" in lines[1] and lines[2].endswith("(not counted)")
+    assert lines[-1] == "mean return over 2 counted episode(s): 1.50"

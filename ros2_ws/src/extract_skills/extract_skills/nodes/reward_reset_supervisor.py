@@ -8,6 +8,7 @@ number of times, then the supervisor publishes NEEDS_HUMAN and waits.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -19,7 +20,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from extract_skills.core.rl.episode import EpisodeTracker, Outcome
+from extract_skills.core.data.atomic_io import atomic_write
+from extract_skills.core.rl.episode import EpisodeTracker, Outcome, format_summary
 from extract_skills.graph import HEARTBEAT, SERVICES, TOPICS
 from extract_skills.nodes.common import declare, run_node, subscribe
 from extract_skills.nodes.kitchen_sim_node import parse_task
@@ -36,6 +38,7 @@ DEFAULTS = {
     "wait_for_policy": True,  # no episode starts before the skill_policy node listens to episode events
     "max_camera_gap_s": 3.0,  # s without an embedded frame that ends a running episode (camera drop-out); 0: off
     "max_policy_silence_s": 2.0,  # s without the policy's heartbeat that ends a running episode; 0: off
+    "summary_json": "",  # rewritten (atomically) after every episode, so an interrupted run keeps what ran; "" = none
 }
 
 
@@ -181,9 +184,20 @@ class RewardResetSupervisor(Node):
                              "seconds": round(time.monotonic() - self._t_start, 1)})
         self.get_logger().info(f"episode {self.episode_id} {outcome.value}: return {t.episode_return}, "
                                f"{t.skills} skills, completed {list(t.completed)}")
+        self._write_summary()
         self._state, self._ended_at = "ending", time.monotonic()
         if self.p["mode"] == "real":
             self._operator_ok = False  # the next reset waits for the operator
+
+    def _write_summary(self) -> None:
+        path = self.p["summary_json"]
+        if not path:
+            return
+        data = json.dumps(self.summary, indent=2).encode()
+        try:
+            atomic_write(path, lambda f: f.write(data))
+        except OSError as e:  # a full disk must not end the episode loop; the log has every episode
+            self.get_logger().error(f"could not write the episode summary to {path}: {e}")
 
     def _tick(self) -> None:
         with self._lock:
@@ -207,6 +221,8 @@ class RewardResetSupervisor(Node):
             elif self._state == "ending" and now - self._ended_at >= self.p["settle_s"]:
                 if self.p["num_episodes"] and sum(e["counted"] for e in self.summary) >= self.p["num_episodes"]:
                     self._state, self.finished = "done", True
+                    # The same table however the graph was started (ros2 launch or run_graph).
+                    self.get_logger().info("run finished:\n" + format_summary(self.summary))
                     return
                 self._state = "reset"
             elif self._state == "reset":

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from extract_skills.core.rl.episode import format_summary
+
 
 def parse_launch_args(items: list[str]) -> dict[str, str]:
     out = {}
@@ -142,10 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         if rclpy.ok():
             rclpy.shutdown()
     summary = supervisor.summary
-    print("\nepisode | outcome   | return | skills | seconds | completed")
-    for s in summary:
-        print(f"{s['episode']:7d} | {s['outcome']:9s} | {s['return']:6.1f} | {s['skills']:6d} | {s['seconds']:7.1f} | "
-              f"{', '.join(s['completed']) or '-'}")
+    if not supervisor.finished:  # a finished supervisor has logged the table itself
+        print("\n" + format_summary(summary))
     if ns.summary_json:
         ns.summary_json.parent.mkdir(parents=True, exist_ok=True)
         ns.summary_json.write_text(json.dumps(summary, indent=2))

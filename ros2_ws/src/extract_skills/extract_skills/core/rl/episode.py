@@ -41,3 +41,16 @@ class EpisodeTracker:
     @property
     def all_done(self) -> bool:
         return bool(self.task) and not self.remaining
+
+
+def format_summary(summary: Sequence[Mapping]) -> str:
+    """The run's episodes as a table (the supervisor's summary entries), with the mean return of counted ones."""
+    lines = ["episode | outcome   | return | skills | seconds | completed"]
+    for s in summary:
+        lines.append(f"{s['episode']:7d} | {s['outcome']:9s} | {s['return']:6.1f} | {s['skills']:6d} | "
+                     f"{s['seconds']:7.1f} | {', '.join(s['completed']) or '-'}"
+                     + ("" if s.get("counted", True) else " (not counted)"))
+    counted = [s["return"] for s in summary if s.get("counted", True)]
+    if counted:
+        lines.append(f"mean return over {len(counted)} counted episode(s): {sum(counted) / len(counted):.2f}")
+    return "\n".join(lines)
