@@ -239,16 +239,69 @@ def test_network_loss_mid_motion_is_network_error():
 
 
 
-def test_connecting_leaves_the_callers_scheduling_alone(sim):
-    """franky raised the calling thread to SCHED_FIFO 99; every process started from it afterwards ran realtime
-    (a learner child process starved both cores for 10 minutes in a test run)."""
+def _fifo_granted() -> bool:
+    """Whether this process may run a thread SCHED_FIFO (root or rtprio), tried on a throwaway thread."""
+    import os
+    import threading
+
+    out = []
+
+    def probe():
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            out.append(True)
+        except PermissionError:
+            out.append(False)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return out[0]
+
+
+def _thread_policies() -> dict[int, int]:
     import os
 
+    out = {}
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        with contextlib.suppress(OSError):
+            out[int(tid)] = os.sched_getscheduler(int(tid))
+    return out
+
+
+def test_the_robot_runs_on_its_own_realtime_thread_and_callers_keep_their_scheduling(sim):
+    """Issue 15: franky raises the thread that creates the robot to SCHED_FIFO 99, and the control loops it starts
+    inherit it. That thread is the arm's own robot thread: the caller (in a node, a ROS executor thread) keeps its
+    scheduling (a raised caller once made a learner child process starve both cores for 10 minutes), and a motion's
+    control loop runs realtime (with the caller's scheduling restored instead, it ran at normal priority)."""
+    import os
+    import threading
+
     before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    fifo_before = {t for t, p in _thread_policies().items() if p == os.SCHED_FIFO}
     a = FrankyArm(FrankyArmConfig(robot_ip=sim, realtime="ignore", relative_dynamics_factor=0.3), LIMITS)
     a.connect()
     try:
         assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+        robot_tid = a.robot_thread_native_id
+        assert robot_tid is not None and robot_tid != threading.get_native_id()
+        with open(f"/proc/self/task/{robot_tid}/comm") as f:
+            assert f.read().strip() == "franky_robot"  # what the runbook tells operators to look for
+        if _fifo_granted():
+            assert os.sched_getscheduler(robot_tid) == os.SCHED_FIFO
+        # a motion from this (normal) thread: its control loop runs realtime, this thread does not
+        q = a.read_state().q
+        fifo_moving = set()
+        for i in range(20):
+            a.send(check_command(a.read_state(), q + 0.003 * (i + 1), 1.0, LIMITS))
+            if i == 10:
+                fifo_moving = {t for t, p in _thread_policies().items() if p == os.SCHED_FIFO} - fifo_before
+            time.sleep(LIMITS.dt)
+        assert threading.get_native_id() not in fifo_moving
+        assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+        if _fifo_granted():
+            assert robot_tid in fifo_moving and len(fifo_moving) >= 2, (robot_tid, fifo_moving)
+        a.stop()
     finally:
         a.disconnect()
 

@@ -10,10 +10,12 @@ libfranka; that mismatch is refused at start-up with a message naming both.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -66,6 +68,8 @@ class FrankyArmConfig:
     """s, window over which the mean joint speed is measured for is_stationary()."""
     stop_timeout_s: float = 5.0
     """s, bound on a graceful stop before it is escalated."""
+    call_timeout_s: float = 2.0
+    """s, bound on one state read or command on the robot thread; past it the connection counts as lost."""
 
     def __post_init__(self) -> None:
         if not self.robot_ip:
@@ -77,7 +81,8 @@ class FrankyArmConfig:
         r = float(self.relative_dynamics_factor)
         if not (math.isfinite(r) and 0.0 < r <= 1.0):
             raise ValueError(f"FrankyArmConfig.relative_dynamics_factor must be in (0, 1], got {r}")
-        for name in ("gripper_speed", "gripper_deadband", "stationary_tol", "stationary_window_s", "stop_timeout_s"):
+        for name in ("gripper_speed", "gripper_deadband", "stationary_tol", "stationary_window_s", "stop_timeout_s",
+                     "call_timeout_s"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"FrankyArmConfig.{name} must be > 0, got {v}")
@@ -110,8 +115,23 @@ def _version_tuple(v: str) -> tuple[int, ...] | None:
         return None
 
 
+def _name_os_thread(name: bytes = b"franky_robot") -> None:
+    """Name the calling thread for the kernel, so `top -H` / `ps -L` show which thread runs realtime."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+
+
 class FrankyArm(Arm):
-    """Franka arm (FR3 / Panda) driven with asynchronous franky joint motions."""
+    """Franka arm (FR3 / Panda) driven with asynchronous franky joint motions.
+
+    One dedicated thread owns the franky ``Robot``: it is created there and every call on it (state reads,
+    motions, stop, recovery) runs there. Creating the robot raises the creating thread to SCHED_FIFO 99, and
+    the threads franky starts for asynchronous motions (libfranka's 1 kHz control loop) inherit the priority
+    of the thread that starts them: so the robot thread and the control loop run realtime, and the callers
+    (the ROS executor's threads) keep their normal priority.
+    """
 
     def __init__(self, config: FrankyArmConfig, limits: SafetyLimits) -> None:
         if limits.robot != config.robot:
@@ -125,6 +145,39 @@ class FrankyArm(Arm):
         self._gripper: Any = None
         self._gripper_future: Any = None
         self._gripper_cmd = 1.0  # last commanded opening (reported when no gripper is connected)
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._worker_ident: int | None = None
+
+    # ------------------------------------------------------------------------------------ robot thread
+    def _on_robot_thread(self, fn: Any, *args: Any, timeout: float | None = None) -> Any:
+        """Run ``fn(*args)`` on the robot thread and return its result (its exceptions propagate)."""
+        if threading.get_ident() == self._worker_ident:  # already there (stop() polls is_stationary())
+            return fn(*args)
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="franky_robot",
+                                                                 initializer=_name_os_thread)
+            self._worker_ident = self._worker.submit(threading.get_ident).result()
+        fut = self._worker.submit(fn, *args)
+        timeout = self.config.call_timeout_s if timeout is None else timeout
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # franky blocks in the network layer when the robot stops answering (seen: franky-sim killed
+            # mid-motion): the handle is treated as dead, as after a NetworkException, and the wedged thread
+            # is abandoned so that connect() starts afresh.
+            fut.cancel()
+            self._robot = None
+            worker, self._worker, self._worker_ident = self._worker, None, None
+            worker.shutdown(wait=False)
+            raise ArmNetworkError(f"{getattr(fn, '__name__', fn).lstrip('_')}: the robot at {self.config.robot_ip} "
+                                  f"did not answer within {timeout:.1f} s") from None
+
+    @property
+    def robot_thread_native_id(self) -> int | None:
+        """Kernel thread id of the robot thread (to inspect its scheduling), None before connect()."""
+        if self._worker is None:
+            return None
+        return self._worker.submit(threading.get_native_id).result(self.config.call_timeout_s)
 
     # ------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -180,6 +233,10 @@ class FrankyArm(Arm):
     # ------------------------------------------------------------------------------------
     def connect(self) -> None:
         """Connect, recover once from stored errors, and (optionally) connect the gripper."""
+        # network timeouts inside franky bound this; the gripper's connection comes on top
+        self._on_robot_thread(self._connect, timeout=60.0)
+
+    def _connect(self) -> None:
         f = self._franky = _import_franky()
         cfg = self.config
         fv, lv = franky_versions()
@@ -190,10 +247,10 @@ class FrankyArm(Arm):
                 "install a franky build against the libfranka your Panda's system image supports (< 0.10)"
             )
         rt = f.RealtimeConfig.Enforce if cfg.realtime == "enforce" else f.RealtimeConfig.Ignore
-        # Creating the robot raises the *calling* thread to SCHED_FIFO 99 (seen here: the pytest process, and
-        # every process it started afterwards, ran realtime and starved the machine; in a node it is the ROS
-        # executor's thread). Only libfranka's own control thread should run realtime: put the caller back.
+        # This runs on the robot thread: creating the robot raises it (only it) to SCHED_FIFO 99, which the
+        # control loops it starts inherit. A refused connection leaves no raised thread behind.
         policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+        robot = None
         try:
             robot = f.Robot(cfg.robot_ip, relative_dynamics_factor=cfg.relative_dynamics_factor, realtime_config=rt)
         except f.IncompatibleVersionException as exc:
@@ -210,7 +267,7 @@ class FrankyArm(Arm):
                 "(RT kernel); realtime='ignore' is for simulation and CI only"
             ) from exc
         finally:
-            if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            if robot is None and (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
                 os.sched_setscheduler(0, policy, param)
         self._robot = robot
         with self._errors("recover_from_errors on connect"):
@@ -231,13 +288,16 @@ class FrankyArm(Arm):
     def disconnect(self) -> None:
         if self._robot is not None:
             try:
-                if self._robot.is_in_control:
+                if self._on_robot_thread(lambda: self._robot is not None and self._robot.is_in_control):
                     self.stop()
             except ArmError as exc:
                 logger.warning("stop on disconnect failed: %s", exc)
         self._robot = None
         self._gripper = None
         self._gripper_future = None
+        worker, self._worker, self._worker_ident = self._worker, None, None
+        if worker is not None:
+            worker.shutdown(wait=False)  # the robot object is dropped; the thread ends once idle
 
     # ------------------------------------------------------------------------------------
     def _read_gripper(self) -> float:
@@ -248,6 +308,9 @@ class FrankyArm(Arm):
         return float(min(1.0, max(0.0, float(g.width) / max_w)))
 
     def read_state(self) -> ArmState:
+        return self._on_robot_thread(self._read_state)
+
+    def _read_state(self) -> ArmState:
         robot = self._robot_or_raise()
         with self._errors("read_state"):
             js = robot.current_joint_state
@@ -263,6 +326,9 @@ class FrankyArm(Arm):
         return ArmState(q=q, dq=dq, gripper=grip, stamp=stamp)
 
     def _send(self, cmd: CheckedCommand) -> None:
+        self._on_robot_thread(self._move, cmd)
+
+    def _move(self, cmd: CheckedCommand) -> None:
         f = self._franky
         robot = self._robot_or_raise()
         target = np.ascontiguousarray(cmd.q, dtype=np.float64)  # franky needs float64
@@ -301,6 +367,10 @@ class FrankyArm(Arm):
 
     def stop(self) -> None:
         """Graceful stop (JointStopMotion, joined), then wait (bounded) until stationary."""
+        # join (stop_timeout_s) + standstill wait (stop_timeout_s) + one is_stationary window bound
+        self._on_robot_thread(self._stop, timeout=2.0 * self.config.stop_timeout_s + 10.0)
+
+    def _stop(self) -> None:
         f = self._franky
         robot = self._robot_or_raise()
         timeout = self.config.stop_timeout_s
@@ -326,6 +396,9 @@ class FrankyArm(Arm):
         clock (``RobotState.time``), not the wall clock: on a loaded host the state stream can stall, and
         two equal stale samples over a wall-clock window reported a moving arm as stationary (a cancel
         came back CANCELED while the arm still moved). No fresh state within a bound: not stationary."""
+        return self._on_robot_thread(self._is_stationary, timeout=10.0 * self.config.stationary_window_s + 2.0)
+
+    def _is_stationary(self) -> bool:
         robot = self._robot_or_raise()
         window = self.config.stationary_window_s
         deadline = time.monotonic() + 10.0 * window + 0.5
@@ -350,6 +423,9 @@ class FrankyArm(Arm):
 
     def recover_from_errors(self) -> bool:
         """Call after a classified ArmControlError only (never blindly before every command)."""
+        return self._on_robot_thread(self._recover_from_errors, timeout=10.0)
+
+    def _recover_from_errors(self) -> bool:
         robot = self._robot_or_raise()
         with self._errors("recover_from_errors"):
             ok = bool(robot.recover_from_errors())
