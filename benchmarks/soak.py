@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     t_end = t0 + ns.warmup_s + 60.0 * ns.minutes
     rss0: dict[int, float] = {}
+    rss_mid: dict[int, float] = {}  # halfway through the measured window: does growth level off?
+    t_mid = t0 + ns.warmup_s + 30.0 * ns.minutes
     next_fault, k = t0 + ns.warmup_s, 0
     deaths: list[str] = []
     try:
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             if not rss0 and now - t0 >= ns.warmup_s:
                 rss0 = {p.pid: rss_mb(p.pid) for p in procs.values()}
                 stats.update(gaps=[], frame_to_goal=[], ticks_dropped=0, episodes=0)  # measure after warm-up
+            if rss0 and not rss_mid and now >= t_mid:
+                rss_mid = {p.pid: rss_mb(p.pid) for p in procs.values()}
             if now >= next_fault:
                 inject(FAULTS[k % len(FAULTS)])
                 k += 1
@@ -214,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.shutdown()
 
     growth = {name: (rss1[p.pid] / rss0[p.pid] - 1.0) * 100.0 for name, p in procs.items() if p.pid in rss0}
+    halves = {name: ((rss_mid[p.pid] / rss0[p.pid] - 1.0) * 100.0, (rss1[p.pid] / rss_mid[p.pid] - 1.0) * 100.0)
+              for name, p in procs.items() if p.pid in rss0 and p.pid in rss_mid}
     gaps, f2g = np.asarray(stats["gaps"]) * 1e3, np.asarray(stats["frame_to_goal"]) * 1e3
     print(f"\nSoak: {ns.minutes:g} min after a {ns.warmup_s:g} s warm-up, a fault every {ns.fault_every:g} s "
           f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")
@@ -224,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| command ticks dropped (of {stats['feedback']} sent) | {stats['ticks_dropped']} |")
     print("| memory growth after warm-up, per process | "
           + ", ".join(f"{n} {g:+.1f}%" for n, g in growth.items()) + " (decoder: its last instance, if restarted: not measured) |")
+    print("| memory growth, first half / second half of the window | "
+          + ", ".join(f"{n} {a:+.1f}% / {b:+.1f}%" for n, (a, b) in halves.items()) + " |")
+    print("| RSS after warm-up -> end (MB) | "
+          + ", ".join(f"{n} {rss0[p.pid]:.0f} -> {rss1[p.pid]:.0f}" for n, p in procs.items() if p.pid in rss0) + " |")
     print(f"| skill-to-skill gap p50 / p99 (ms, n={len(gaps)}) | {pct(gaps, 50):.0f} / {pct(gaps, 99):.0f} |")
     print(f"| frame -> goal p50 / p99 (ms, n={len(f2g)}) | {pct(f2g, 50):.0f} / {pct(f2g, 99):.0f} |")
     return 0 if not deaths else 1
