@@ -147,17 +147,23 @@ class FrankyArm(Arm):
         self._gripper_cmd = 1.0  # last commanded opening (reported when no gripper is connected)
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._worker_ident: int | None = None
+        self._worker_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------ robot thread
     def _on_robot_thread(self, fn: Any, *args: Any, timeout: float | None = None) -> Any:
         """Run ``fn(*args)`` on the robot thread and return its result (its exceptions propagate)."""
         if threading.get_ident() == self._worker_ident:  # already there (stop() polls is_stationary())
             return fn(*args)
-        if self._worker is None:
-            self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="franky_robot",
-                                                                 initializer=_name_os_thread)
-            self._worker_ident = self._worker.submit(threading.get_ident).result()
-        fut = self._worker.submit(fn, *args)
+        with self._worker_lock:  # callers are several executor threads: exactly one robot thread
+            if self._worker is None:
+                self._worker = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="franky_robot", initializer=_name_os_thread)
+                self._worker_ident = self._worker.submit(threading.get_ident).result()
+            worker = self._worker
+        try:
+            fut = worker.submit(fn, *args)
+        except RuntimeError:  # shut down by disconnect() or a timed-out call in another thread meanwhile
+            raise ArmNetworkError(f"not connected to {self.config.robot_ip} (the arm was disconnected)") from None
         timeout = self.config.call_timeout_s if timeout is None else timeout
         try:
             return fut.result(timeout)
@@ -167,7 +173,9 @@ class FrankyArm(Arm):
             # is abandoned so that connect() starts afresh.
             fut.cancel()
             self._robot = None
-            worker, self._worker, self._worker_ident = self._worker, None, None
+            with self._worker_lock:
+                if self._worker is worker:
+                    self._worker, self._worker_ident = None, None
             worker.shutdown(wait=False)
             raise ArmNetworkError(f"{getattr(fn, '__name__', fn).lstrip('_')}: the robot at {self.config.robot_ip} "
                                   f"did not answer within {timeout:.1f} s") from None
@@ -295,7 +303,8 @@ class FrankyArm(Arm):
         self._robot = None
         self._gripper = None
         self._gripper_future = None
-        worker, self._worker, self._worker_ident = self._worker, None, None
+        with self._worker_lock:
+            worker, self._worker, self._worker_ident = self._worker, None, None
         if worker is not None:
             worker.shutdown(wait=False)  # the robot object is dropped; the thread ends once idle
 
