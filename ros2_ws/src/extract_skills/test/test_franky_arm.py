@@ -308,26 +308,38 @@ def test_the_robot_runs_on_its_own_realtime_thread_and_callers_keep_their_schedu
 
 def test_goal_dynamics_factor_slows_the_motion_and_never_speeds_it_up(arm):
     """Issue 15: a goal's dynamics factor is applied. franky multiplies a motion's factor with the robot's
-    (0.3 here), so a goal of 0.03 must move the arm slower than one of 0.3, and 1.0 no faster than 0.3."""
+    (0.3 here), so a goal of 0.03 must move the arm slower than one of 0.3, and 1.0 no faster than 0.3.
+    Judged by the peak joint speed the arm reports during the skill: the distance travelled also grows with how
+    late this (normal-priority) thread runs, so on a loaded machine it measured the load, not the factor."""
 
-    def travelled(factor: float) -> float:
+    def peak_speed(factor: float) -> float:
         _wait_settled(arm)
         ex = SkillExecutor(arm, LIMITS, ExecutorConfig(period_s=LIMITS.dt, max_steps=8))
-        q0 = arm.read_state().q.copy()
+        speeds = []
+        read = arm.read_state
+
+        def reading():
+            s = read()
+            speeds.append(float(np.abs(s.dq).max()))
+            return s
 
         def decoder():
             while True:
                 yield np.r_[np.full(7, 0.04), 1.0], 0.0  # a joint target 0.04 rad ahead of where it is, every step
 
-        res = ex.run(decoder(), dynamics_factor=factor)
+        arm.read_state = reading
+        try:
+            res = ex.run(decoder(), dynamics_factor=factor)
+        finally:
+            del arm.read_state
         assert res.status is SkillStatus.SUCCEEDED, res.error
         arm.stop()
-        return float(np.abs(arm.read_state().q - q0).max())
+        return max(speeds)
 
-    slow, configured = travelled(0.03), travelled(0.3)
+    slow, configured = peak_speed(0.03), peak_speed(0.3)
     assert slow < 0.6 * configured, (slow, configured)
     assert arm.dynamics_factor == 0.3
-    assert travelled(1.0) < 1.3 * configured  # capped at the configured factor
+    assert peak_speed(1.0) < 1.3 * configured  # capped at the configured factor
     with pytest.raises(ValueError, match="dynamics factor"):
         SkillExecutor(arm, LIMITS, ExecutorConfig(period_s=LIMITS.dt, max_steps=2)).run(iter(()), dynamics_factor=float("nan"))
 
