@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         labels, proprio = ep.skill_actions(), ep.proprio()
         for start, end, d in segs:
             lab = segment_labels(labels, proprio, start, end, bundle.action_frame)
-            z, _ = bundle.posterior(lab, d)
+            z, _ = bundle.posterior(lab, d, proprio[start:end])
             k = {"t": start}
 
             def demo_state():  # the demo's own states: the decoder's error alone, not the drift it causes

@@ -235,3 +235,30 @@ def test_decoder_only_fine_tuning_keeps_the_posterior_and_priors():
             assert torch.equal(a, b), f"{name}.{k} changed"
     assert any(not torch.equal(a, b) for a, b in zip(base.skill_decoder.state_dict().values(),
                                                      tuned.skill_decoder.state_dict().values()))
+
+
+def test_encoder_states_make_the_posterior_read_where_the_arm_is():
+    """q(z | a, s, d): the same relative commands from different measured states give different posteriors
+    (without states they cannot), states are required, and training + the prior refit run with them."""
+    from extract_skills.core.skills.skill_model import SkillModel, split_by_episode
+
+    with pytest.raises(ValueError, match="closed_loop"):
+        SkillModelConfig(encoder_states=True, closed_loop=False)
+    cfg = SkillModelConfig(num_skills=2, obs_dim=10, hidden_dim=16, max_segment_len=LONG_LEN, closed_loop=True,
+                           encoder_states=True, batch_size=16, train_steps=30)
+    enc = SkillModel(cfg).eval().skill_encoder
+    acts, d, lens = torch.zeros(2, 6, 8), torch.zeros(2, dtype=torch.long), torch.tensor([6, 6])
+    states = torch.stack([torch.zeros(6, 8), torch.full((6, 8), 0.5)])
+    with torch.no_grad():
+        mean, _ = enc(acts, d, lens, states)
+        with pytest.raises(ValueError, match="reads states"):
+            enc(acts, d, lens)
+    assert not torch.allclose(mean[0], mean[1])
+    data = _synthetic(n_per_skill=16)
+    data.episodes = np.arange(len(data.labels)) // 4
+    rng = np.random.default_rng(0)
+    data.states = [rng.normal(size=(len(a), 8)).astype(np.float32) for a in data.actions]
+    low, high = compute_action_bounds(np.concatenate(data.actions))
+    train, val = split_by_episode(data, 0.25, seed=0)
+    model, hist = train_skill_model(train, cfg, low, high, val=val, eval_every=10)
+    assert hist["prior_refit"] and np.isfinite(hist["val_recon"][-1])

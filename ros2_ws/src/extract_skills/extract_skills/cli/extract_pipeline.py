@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--progress-threshold", type=float, default=0.9)
     g.add_argument("--open-loop", action="store_true",
                    help="decoder without the measured proprio input (default: closed loop)")
+    g.add_argument("--encoder-states", action="store_true",
+                   help="skill encoder q(z|a,s,d) also reads the measured proprio of every step (closed loop only)")
     g = p.add_argument_group("dagger (on-policy decoder rounds; needs a run directory's segments)")
     g.add_argument("--base", type=Path, default=None, help="dagger: skill checkpoint to start from")
     g.add_argument("--dagger-rounds", type=int, default=3, help="dagger: collect + fine-tune rounds")
@@ -321,8 +323,12 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
                             lr_final_fraction=args.lr_final_fraction, state_noise=args.state_noise,
                             max_segment_len=args.max_segment_len, progress_threshold=args.progress_threshold,
                             closed_loop=not args.open_loop, action_frame=args.action_frame,
+                            encoder_states=args.encoder_states,
                             batch_size=args.batch_size, train_steps=args.train_steps, seed=args.seed)
-    h = _hash("train", segment_hash, asdict(mcfg), args.val_fraction, str(args.out.resolve()))
+    cfg_key = asdict(mcfg)
+    if not mcfg.encoder_states:
+        del cfg_key["encoder_states"]  # runs from before the option keep their stamps
+    h = _hash("train", segment_hash, cfg_key, args.val_fraction, str(args.out.resolve()))
 
     def run() -> None:
         from torch.utils.tensorboard import SummaryWriter

@@ -112,10 +112,10 @@ def replay_posterior(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
                      limits: SafetyLimits = SIM_LIMITS) -> ReplayResult:
     """``segments``: (start, end, skill) of the episode; each is re-encoded and decoded with its own length."""
     reset_like(sim, episode)
-    labels = episode.skill_actions()
+    labels, proprio = episode.skill_actions(), episode.proprio()
     runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)
     for start, end, d in segments:
-        z, _ = bundle.posterior(segment_labels(labels, episode.proprio(), start, end, bundle.action_frame), d)
+        z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d, proprio[start:end])
         runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio))
     return runner.finish()
 
@@ -138,7 +138,7 @@ def posterior_per_segment(sim: KitchenSim, episode: EpisodeData, segments: Itera
         if start:
             runner.run((a, 0.0) for a in labels[:start])
         runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)
-        z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d)
+        z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d, proprio[start:end])
         runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio))
         hit += int(np.all(sim.subtask_flags()[new]))
     return hit, total

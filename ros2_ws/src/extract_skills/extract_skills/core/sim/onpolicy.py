@@ -72,7 +72,8 @@ def collect_onpolicy(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
             seen.append(np.asarray(p, np.float32))
             return p
 
-        z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d)
+        z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d,
+                                proprio[start:end])
         res = runner.run(bundle.rollout(d, z, max_steps=length, progress_threshold=2.0, proprio_fn=proprio_fn))
         if res.status is not SkillStatus.SUCCEEDED or len(seen) != length:
             break

@@ -137,15 +137,26 @@ class SkillBundle:
         with torch.no_grad():
             return self.model.skill_prior.probs(self._obs_tensor(obs))[0].numpy()
 
-    def posterior(self, actions: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
-        """q(z | actions, d) as (mean (Z,), std (Z,)) for one segment of raw skill actions (L, 8)."""
+    def posterior(self, actions: np.ndarray, d: int, states: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """q(z | actions, d) as (mean (Z,), std (Z,)) for one segment of raw skill actions (L, 8); encoders
+        trained with ``encoder_states`` also need ``states`` (L, 8), the proprio measured before each action."""
         self._check_skill(d)
         a = torch.as_tensor(np.asarray(actions, np.float32))
         if a.ndim != 2 or a.shape[1] != self.meta.action_dim or len(a) < 1:
             raise ValueError(f"actions must have shape (L >= 1, {self.meta.action_dim}), got {tuple(a.shape)}")
+        st = None
+        if self.model.skill_encoder.state_dim:
+            if states is None:
+                raise ValueError("this checkpoint's skill encoder reads states: pass the proprio of every step")
+            st = torch.as_tensor(np.asarray(states, np.float32))
+            if st.shape != (len(a), self.model.skill_encoder.state_dim):
+                raise ValueError(f"states must have shape ({len(a)}, {self.model.skill_encoder.state_dim}), "
+                                 f"got {tuple(st.shape)}")
+            st = st[None]
         a = normalise_actions(a, torch.as_tensor(self.action_low), torch.as_tensor(self.action_high))
         with torch.no_grad():
-            mean, log_std = self.model.skill_encoder(a[None], torch.tensor([int(d)]), torch.tensor([len(a)]))
+            mean, log_std = self.model.skill_encoder(a[None], torch.tensor([int(d)]), torch.tensor([len(a)]), st)
         return mean[0].numpy(), torch.exp(log_std)[0].numpy()
 
     def argument_prior(self, obs: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:

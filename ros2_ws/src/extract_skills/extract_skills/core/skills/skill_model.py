@@ -56,6 +56,7 @@ class SkillModelConfig:
     closed_loop: bool = False  # decoder also sees the measured proprio each step (q, gripper, q - q_start)
     action_frame: str = "measured"  # joint actions relative to the joints measured now / at the skill's start
     state_noise: float = 0.0  # rad; training only: noise on the decoder's measured joints, labels corrected (see loss)
+    encoder_states: bool = False  # q(z | a, s, d): the encoder also reads the measured proprio of every step
     batch_size: int = 128  # segments per step
     train_steps: int = 2000  # optimiser steps
     seed: int = 0
@@ -69,6 +70,8 @@ class SkillModelConfig:
             raise ValueError("beta and weight_decay must be >= 0 and lr > 0")
         if not 0.0 < self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must be in (0, 1], got {self.lr_final_fraction}")
+        if self.encoder_states and not self.closed_loop:
+            raise ValueError("encoder_states needs closed_loop (the per-step states come with it)")
         if not self.mean_bound > 0:
             raise ValueError(f"mean_bound must be > 0, got {self.mean_bound}")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.prior_floor < 1.0:
@@ -120,28 +123,39 @@ def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
                          nn.Linear(hidden, out))
 
 
+PROPRIO_DIM = 8  # [q (7) rad, gripper opening]
+
+
 class SkillEncoder(nn.Module):
-    """q(z | a_bar, d): LSTM over [normalised action, one-hot d]; last valid hidden -> (mean, log_std)."""
+    """q(z | a_bar, d): LSTM over [normalised action, one-hot d]; last valid hidden -> (mean, log_std).
+
+    With ``encoder_states`` it also reads the measured proprio of every step, q(z | a_bar, s, d). Actions in the
+    measured frame are commands relative to where the arm is: from them alone z can say how the arm moves but
+    not where it goes, so a decoder that starts where an earlier skill left the arm off the demo's path follows
+    the demo's motion from the wrong place. With the states z can carry where the commands point."""
 
     def __init__(self, cfg: SkillModelConfig) -> None:
         super().__init__()
         self.k = cfg.num_skills
         self.mean_bound = cfg.mean_bound
-        self.lstm = nn.LSTM(cfg.action_dim + cfg.num_skills, cfg.hidden_dim, batch_first=True)
+        self.state_dim = PROPRIO_DIM if cfg.encoder_states else 0
+        self.lstm = nn.LSTM(cfg.action_dim + cfg.num_skills + self.state_dim, cfg.hidden_dim, batch_first=True)
         self.head = nn.Linear(cfg.hidden_dim, 2 * cfg.latent_dim)
 
-    def forward(self, actions: torch.Tensor, d: torch.Tensor, lengths: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, actions: torch.Tensor, d: torch.Tensor, lengths: torch.Tensor,
+                states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         B, L, _ = actions.shape
-        x = torch.cat([actions, _one_hot(d, self.k)[:, None].expand(B, L, self.k)], -1)
+        parts = [actions, _one_hot(d, self.k)[:, None].expand(B, L, self.k)]
+        if self.state_dim:
+            if states is None:
+                raise ValueError("this skill encoder reads states: pass the measured proprio of every step")
+            parts.append(states[:, :L])
+        x = torch.cat(parts, -1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
         raw, log_std = self.head(h[-1]).chunk(2, -1)
         mean = self.mean_bound * torch.tanh(raw / self.mean_bound)  # |mu| <= bound, identity near 0
         return mean, log_std.clamp(-7.0, 2.0)
-
-
-PROPRIO_DIM = 8  # [q (7) rad, gripper opening]
 
 
 class SkillDecoder(nn.Module):
@@ -288,7 +302,7 @@ class SkillModel(nn.Module):
         steps = torch.arange(L)[None]
         mask = (steps < lengths[:, None]).float()
         n_valid = mask.sum().clamp(min=1.0)
-        mean, log_std = self.skill_encoder(actions, labels, lengths)
+        mean, log_std = self.skill_encoder(actions, labels, lengths, states)
         z = mean + torch.randn_like(mean) * torch.exp(log_std) if sample else mean
         dec_states, targets = decoder_io if decoder_io is not None else (states, actions)
         pred, progress_logit = self.skill_decoder(z, labels, L, dec_states)
@@ -460,7 +474,7 @@ def evaluate_skill_model(model: SkillModel, data: SkillTrainingData, action_low:
     model.eval()
     acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
     losses = model.loss(acts, lens, labels, obs, states, sample=False)
-    mean, log_std = model.skill_encoder(acts, labels, lens)
+    mean, log_std = model.skill_encoder(acts, labels, lens, states)
     pred, _ = model.skill_decoder(mean, labels, acts.shape[1], states)
     low, high = torch.as_tensor(action_low), torch.as_tensor(action_high)
     mask = (torch.arange(acts.shape[1])[None, :, None] < lens[:, None, None]).float()
@@ -569,7 +583,7 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
         model.load_state_dict(best[2])
         LOG.info("VAE: kept the weights of step %d (best held-out score)", best[1])
         if not decoder_only:  # the posterior did not move: the priors fitted to it stay
-            history["prior_refit"] = fit_priors(model, (acts, lens, labels, obs), vt[:4], seed=cfg.seed)
+            history["prior_refit"] = fit_priors(model, (acts, lens, labels, obs, states), vt[:5], seed=cfg.seed)
             fit_temperature(model, vt[3], vt[2])
     return model, history
 
@@ -577,13 +591,14 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
 def fit_priors(model: SkillModel, train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...], steps: int = 3000,
                batch_size: int = 256, eval_every: int = 50, seed: int = 0) -> list[float]:
     """Re-initialise and fit p(d|s) and p(z|s,d) against the *final* posterior (frozen), keeping the weights
-    with the best held-out cross-entropy / KL (early stopping). ``train``/``val``: (acts, lens, labels, obs).
+    with the best held-out cross-entropy / KL (early stopping). ``train``/``val``: (acts, lens, labels, obs[, states]).
     Returns the held-out score curve (skill-prior CE + argument-prior KL)."""
     cfg = model.cfg
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     with torch.no_grad():
-        post = {name: model.skill_encoder(t[0], t[2], t[1]) for name, t in (("train", train), ("val", val))}
+        post = {name: model.skill_encoder(t[0], t[2], t[1], t[4] if len(t) > 4 else None)
+                for name, t in (("train", train), ("val", val))}
     model.skill_prior = SkillPrior(cfg)
     model.argument_prior = ArgumentPrior(cfg)
     priors = (model.skill_prior, model.argument_prior)
@@ -602,7 +617,8 @@ def fit_priors(model: SkillModel, train: tuple[torch.Tensor, ...], val: tuple[to
         for m in priors:
             m.train()
         idx = torch.from_numpy(rng.choice(n, size=min(batch_size, n), replace=False))
-        ce, kl = losses(tuple(x[idx] for x in train), post["train"][0][idx], post["train"][1][idx])
+        ce, kl = losses(tuple(None if x is None else x[idx] for x in train), post["train"][0][idx],
+                        post["train"][1][idx])
         opt.zero_grad(set_to_none=True)
         (ce + kl).backward()
         opt.step()
