@@ -314,6 +314,15 @@ def test_policy_goal_needs_a_fresh_heartbeat_from_its_own_sender(models):
                 return any(st.level == DiagnosticStatus.WARN and "no fresh heartbeat from 'my_policy'" in st.message
                            for d in diags for st in d.status)
             assert spin_until(ex, warned, 10.0), [st.message for d in diags for st in d.status]
+            # first contact: a sender first heard while its goal waits (under load DDS matches the two ends of
+            # the heartbeat topic seconds apart) is accepted; it beats only 0.3 s after sending the goal
+            t0 = time.monotonic()
+            fut = client.send_goal_async(goal("late_policy", steps=2))
+            assert spin_until(ex, lambda: (time.monotonic() - t0 > 0.3 and beat("late_policy"), fut.done())[1], 15.0)
+            assert fut.result().accepted
+            res = fut.result().get_result_async()
+            assert spin_until(ex, lambda: (beat("late_policy"), res.done())[1], 20.0)
+            assert res.result().status == GoalStatus.STATUS_SUCCEEDED, res.result().result.error
             # the named policy beats: accepted and runs to the end while it keeps beating
             assert spin_until(ex, lambda: (beat("my_policy"), dec._heartbeat_age("my_policy") < 0.2)[1], 10.0)
             gh = wait_future(ex, client.send_goal_async(goal("my_policy")))
@@ -462,7 +471,6 @@ def test_ros_clock_jumping_back_changes_no_timeout(models):
                 assert res.status == GoalStatus.STATUS_SUCCEEDED, res.result.error
                 assert dec.get_clock().now().nanoseconds < 11e9  # the node did follow /clock
                 now["t"] = 1000
-                dec.arm.commands.clear()
         finally:
             dec.close()
 
@@ -524,3 +532,12 @@ def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_
         arm.send(check_command(arm._state.q, arm._state.q, arm._state.gripper, limits))
         with pytest.raises(ArmNetworkError, match="within 0.3 s of the last command"):
             arm.read_state()
+        # ... and a stop cannot be confirmed on a gone sim's last velocity: a clear error, not the stop timeout
+        with pytest.raises(ArmNetworkError, match="cannot confirm a standstill"):
+            arm.is_stationary()
+        # a fresh TopicArm with no state yet waits (bounded) for its first one, then says so
+        t0 = time.monotonic()
+        first = TopicArm(test, limits, fresh_state_timeout_s=0.3, first_state_wait_s=0.5)
+        with pytest.raises(ArmNetworkError, match="no joint state received"):
+            first.read_state()
+        assert time.monotonic() - t0 >= 0.5

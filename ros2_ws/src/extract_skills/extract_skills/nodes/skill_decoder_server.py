@@ -56,6 +56,11 @@ DEFAULTS = {
     "control_period_s": 0.08,  # s per decoder step
     "heartbeat_timeout_s": 0.5,  # s, age of a policy goal's own sender's heartbeat that refuses/stops it
     "state_max_age_s": 0.5,
+    # s: a goal from a sender never heard from (or the sim's first joint state) may wait this long for first
+    # contact. Under load DDS discovery matches the two ends of a topic seconds apart: the policy already saw
+    # this node's subscription while this node had not yet received one beat (its first goal was refused).
+    # Only acceptance waits: nothing moves without a fresh heartbeat and a fresh state.
+    "first_contact_wait_s": 3.0,
     "publish_joint_states_hz": 25.0,  # franky/fake arms: this node publishes /joint_states
     "home_q": HOME_Q,
     "latch_faults": True,  # e-stop/reflex/network/realtime faults block all motion until /clear_fault
@@ -71,11 +76,12 @@ class TopicArm(Arm):
     does; a sim that stops answering is an :class:`ArmNetworkError`, not a stale state fed to the decoder."""
 
     def __init__(self, node: Node, limits: SafetyLimits, stationary_tol: float = 0.05,
-                 fresh_state_timeout_s: float = 1.0) -> None:
+                 fresh_state_timeout_s: float = 1.0, first_state_wait_s: float = 0.0) -> None:
         self._node = node
         self._limits = limits
         self.stationary_tol = stationary_tol
         self.fresh_state_timeout_s = fresh_state_timeout_s
+        self.first_state_wait_s = first_state_wait_s
         self._state: ArmState | None = None
         self._sent_at: float | None = None  # monotonic time of the last command
         self._fresh = threading.Condition()
@@ -101,7 +107,8 @@ class TopicArm(Arm):
 
     def read_state(self) -> ArmState:
         with self._fresh:
-            if self._state is None:
+            if self._state is None and not self._fresh.wait_for(lambda: self._state is not None,
+                                                                self.first_state_wait_s):
                 raise ArmNetworkError(f"no joint state received on {TOPICS['joint_states']} yet")
             sent = self._sent_at
             if sent is not None and not self._fresh.wait_for(lambda: self._state.stamp > sent,
@@ -120,7 +127,20 @@ class TopicArm(Arm):
         self.send(check_command(s.q, s.q, s.gripper, self._limits))  # hold where it is, through the checks
 
     def is_stationary(self) -> bool:
-        return self._state is not None and float(np.max(np.abs(self._state.dq))) < self.stationary_tol
+        """Judged on a state the sim sent after the last command only: the one before it still shows the motion
+        being stopped. No such state within ``fresh_state_timeout_s`` (the sim is gone, e.g. it exited first at a
+        shutdown) cannot confirm a standstill: ArmNetworkError, rather than polling a dead sim's last velocity
+        until the stop timeout."""
+        with self._fresh:
+            s, sent = self._state, self._sent_at
+        if s is None:
+            return False
+        if sent is not None and s.stamp <= sent:
+            if time.monotonic() - sent > self.fresh_state_timeout_s:
+                raise ArmNetworkError(f"no joint state on {TOPICS['joint_states']} within {self.fresh_state_timeout_s} s "
+                                      "of the stop command: cannot confirm a standstill (is the sim running?)")
+            return False
+        return float(np.max(np.abs(s.dq))) < self.stationary_tol
 
 
 class SkillDecoderServer(Node):
@@ -130,6 +150,7 @@ class SkillDecoderServer(Node):
             "arm": lambda v: None if v in ARMS else f"must be one of {ARMS}",
             "realtime": lambda v: None if v in ("enforce", "ignore") else "must be enforce or ignore",
             "control_period_s": lambda v: None if v >= 0 else "must be >= 0 s",
+            "first_contact_wait_s": lambda v: None if v >= 0 else "must be >= 0 s",
             "max_dynamics_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1] (refused at load)",
         })
         p = self.p
@@ -192,7 +213,8 @@ class SkillDecoderServer(Node):
 
     def _make_arm(self, kind: str) -> Arm:
         if kind == "sim":
-            return TopicArm(self, self.limits, fresh_state_timeout_s=self.p["state_max_age_s"])
+            return TopicArm(self, self.limits, fresh_state_timeout_s=self.p["state_max_age_s"],
+                            first_state_wait_s=self.p["first_contact_wait_s"])
         if kind == "fake":
             return FakeArm(dt=self.p["control_period_s"] or 0.08)
         from extract_skills.arms.franky_arm import FrankyArm, FrankyArmConfig
@@ -247,6 +269,9 @@ class SkillDecoderServer(Node):
             # A policy goal runs only while its sender is seen alive: it must have a fresh heartbeat now,
             # not just "some heartbeat at some time" (a goal sent before any heartbeat ran unwatched).
             src = goal.heartbeat_source
+            deadline = time.monotonic() + self.p["first_contact_wait_s"]
+            while src and src not in self._heartbeats and time.monotonic() < deadline:
+                time.sleep(0.01)  # first contact: its beats may not reach this process yet (see the parameter)
             if src and not self._heartbeat_age(src) <= self.p["heartbeat_timeout_s"]:
                 raise GoalRejectedError(f"no fresh heartbeat from {src!r} (last {self._heartbeat_age(src):.2f} s ago, "
                                         f"limit {self.p['heartbeat_timeout_s']} s)")
