@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-every", type=int, default=5000)
     ap.add_argument("--utd", type=float, default=4.0, help="gradient steps per skill transition of the skill agents "
                     "(official ~1 at ~100x this budget; the same for EXTRACT and SPiRL-style)")
+    ap.add_argument("--utd-unit", choices=("transition", "env_step"), default="transition",
+                    help="what --utd and --learning-starts count: skill transitions, or low-level env steps (the "
+                         "same updates per env step for skills of any length)")
+    ap.add_argument("--learning-starts", type=int, default=None,
+                    help="first gradient step after this many transitions / env steps (default: the agent's 256)")
     ap.add_argument("--eval-episodes", type=int, default=5)
     ap.add_argument("--episode-steps", type=int, default=400, help="low-level steps per episode")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -95,7 +100,9 @@ def run_skill_agent(args, method: str, seed: int) -> dict:
     env, bundle = _env(args, ckpt, spirl=method == "spirl")
     quick = dict(batch_size=16, learning_starts=16) if args.quick else {}
     torch.manual_seed(seed)  # network initialisation
-    agent = HybridSkillSAC(bundle.model, bundle.argument_bound, SkillSACConfig(utd=args.utd, **quick))
+    starts = {} if args.learning_starts is None else {"learning_starts": args.learning_starts}
+    agent = HybridSkillSAC(bundle.model, bundle.argument_bound,
+                           SkillSACConfig(utd=args.utd, utd_unit=args.utd_unit, **starts, **quick))
     run_dir = args.out_dir / f"{method}_s{seed}"
     learner = Learner(agent, run_dir, seed=seed, skill_checkpoint_sha256=file_sha256(ckpt))
     t0 = time.time()

@@ -226,6 +226,27 @@ def test_sigkill_while_flushing_loses_only_unflushed_transitions(tmp_path, kill_
     assert len(back) % 50 == 0
 
 
+def test_updates_per_env_step_give_long_and_short_skills_the_same_gradient_steps():
+    """utd_unit="env_step": learning starts after N low-level steps and each transition pays utd per env step it
+    took, so 30-step skills get 3x the updates of 10-step ones per transition and the same per env step."""
+    rng = np.random.default_rng(0)
+    per_step = {}
+    for length in (10, 30):
+        a = Learner(_agent(batch_size=8, learning_starts=300, utd=0.1, utd_unit="env_step"), None, seed=0)
+        ran = []
+        for i in range(3000 // length):
+            t = _transition(rng, i)
+            t["steps"] = length
+            ran.append(a.observe(**t))
+        first = next(i for i, n in enumerate(ran) if n)
+        assert (first + 1) * length >= 300 and first * length < 300  # starts once 300 env steps were seen
+        per_step[length] = a.agent.updates / 3000
+        assert a.counters.observed_env_steps == 3000
+    assert per_step[10] == pytest.approx(per_step[30], rel=0.02) and per_step[10] == pytest.approx(0.09, rel=0.05)
+    with pytest.raises(ValueError, match="utd_unit"):
+        SkillSACConfig(utd_unit="episode")
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 def test_checkpoint_resume_restores_agent_buffer_counters_and_rngs(tmp_path):
     rng = np.random.default_rng(0)

@@ -47,6 +47,10 @@ class SkillSACConfig:
     target_kl_d: float = 0.1  # nats: the skill-choice divergence auto-tuning aims at
     utd: float = 1.0  # gradient steps per collected transition
     learning_starts: int = 256  # transitions collected before the first gradient step
+    # "env_step": utd and learning_starts count low-level env steps instead of skill transitions, so agents whose
+    # skills differ in length get the same gradient steps per env step (with "transition", EXTRACT's ~24-step
+    # skills got a third of the 10-step SPiRL-style agent's updates and started learning 3.5k env steps later).
+    utd_unit: str = "transition"
     max_grad_norm: float = 10.0  # clip of every gradient (a few big rewards must not blow up the actor)
 
     def __post_init__(self) -> None:
@@ -60,6 +64,8 @@ class SkillSACConfig:
             raise ValueError("lr and utd must be > 0, alphas >= 0")
         if self.auto_alpha and (self.alpha_z <= 0 or self.alpha_d <= 0):
             raise ValueError("auto_alpha tunes log(alpha): start values must be > 0")
+        if self.utd_unit not in ("transition", "env_step"):
+            raise ValueError(f"utd_unit must be 'transition' or 'env_step', got {self.utd_unit!r}")
         if self.learning_starts < 0 or self.max_grad_norm <= 0:
             raise ValueError("learning_starts must be >= 0 and max_grad_norm > 0")
 

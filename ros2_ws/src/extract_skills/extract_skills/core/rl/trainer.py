@@ -57,6 +57,7 @@ class Counters:
     episodes: int = 0
     transitions: int = 0
     update_credit: float = 0.0  # utd credit not yet spent on gradient steps
+    observed_env_steps: int = 0  # low-level steps of every stored transition (SkillSACConfig.utd_unit)
 
 
 class Learner:
@@ -94,9 +95,14 @@ class Learner:
             raise ValueError(f"argument {z} exceeds the argument bound {self.agent.argument_bound}")
         self.buffer.add(**transition)
         self.counters.transitions += 1
-        if len(self.buffer) < max(self.agent.cfg.learning_starts, 1):
+        cfg = self.agent.cfg
+        per_env_step = cfg.utd_unit == "env_step"
+        steps = max(int(transition.get("steps", 1)), 1)
+        self.counters.observed_env_steps += steps
+        seen = self.counters.observed_env_steps if per_env_step else len(self.buffer)
+        if seen < max(cfg.learning_starts, 1) or len(self.buffer) < 1:
             return 0
-        self.counters.update_credit += self.agent.cfg.utd
+        self.counters.update_credit += cfg.utd * (steps if per_env_step else 1)
         n = int(self.counters.update_credit)
         self.counters.update_credit -= n
         for _ in range(n):
