@@ -128,17 +128,19 @@ class TopicArm(Arm):
 
     def is_stationary(self) -> bool:
         """Judged on a state the sim sent after the last command only: the one before it still shows the motion
-        being stopped. No such state within ``fresh_state_timeout_s`` (the sim is gone, e.g. it exited first at a
-        shutdown) cannot confirm a standstill: ArmNetworkError, rather than polling a dead sim's last velocity
-        until the stop timeout."""
+        being stopped. A state stream silent for ``fresh_state_timeout_s`` (the sim is gone, e.g. it exited first at
+        a shutdown, maybe right after answering the stop command with a still-moving state) cannot confirm a
+        standstill: ArmNetworkError, rather than polling a dead sim's last velocity until the stop timeout. A live
+        sim sends states between skills too (lockstep idle ticks)."""
         with self._fresh:
             s, sent = self._state, self._sent_at
         if s is None:
             return False
+        silent = time.monotonic() - s.stamp
+        if silent > self.fresh_state_timeout_s:
+            raise ArmNetworkError(f"no joint state on {TOPICS['joint_states']} for {silent:.1f} s (limit "
+                                  f"{self.fresh_state_timeout_s} s): cannot confirm a standstill (is the sim running?)")
         if sent is not None and s.stamp <= sent:
-            if time.monotonic() - sent > self.fresh_state_timeout_s:
-                raise ArmNetworkError(f"no joint state on {TOPICS['joint_states']} within {self.fresh_state_timeout_s} s "
-                                      "of the stop command: cannot confirm a standstill (is the sim running?)")
             return False
         return float(np.max(np.abs(s.dq))) < self.stationary_tol
 
