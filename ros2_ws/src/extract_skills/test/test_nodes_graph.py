@@ -532,9 +532,18 @@ def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_
         arm.send(check_command(arm._state.q, arm._state.q, arm._state.gripper, limits))
         with pytest.raises(ArmNetworkError, match="within 0.3 s of the last command"):
             arm.read_state()
-        # ... and a stop cannot be confirmed on a gone sim's last velocity: a clear error, not the stop timeout
+        # ... and a stop cannot be confirmed on a gone sim's last velocity: a clear error, not the stop timeout.
+        # Seen under `ros2 launch` Ctrl-C: the sim answered the stop with a still-moving state, then exited.
+        from extract_skills.core.control.arm import ArmState
+
+        with arm._fresh:
+            arm._state = ArmState(q=arm._state.q, dq=np.full(7, 0.3), gripper=1.0, stamp=time.monotonic())
+        assert arm.is_stationary() is False  # fresh and moving: not yet
+        deadline = time.monotonic() + 5.0
         with pytest.raises(ArmNetworkError, match="cannot confirm a standstill"):
-            arm.is_stationary()
+            while time.monotonic() < deadline:
+                arm.is_stationary()  # raises once the stream has been silent for fresh_state_timeout_s
+                time.sleep(0.02)
         # a fresh TopicArm with no state yet waits (bounded) for its first one, then says so
         t0 = time.monotonic()
         first = TopicArm(test, limits, fresh_state_timeout_s=0.3, first_state_wait_s=0.5)
