@@ -52,6 +52,10 @@ class NodeSpec:
     # heartbeat watchdog stops a dead policy's skill and the supervisor truncates its episode. The decoder,
     # the supervisor and the sim are never restarted silently: their exit ends the launch.
     respawn: bool = False
+    # s between the launch's SIGINT and its SIGTERM (launch's default: 5). The decoder stops the arm on the way
+    # out (franky: the stop motion joins up to stop_timeout_s, 5 s, then up to as long again for a standstill):
+    # a SIGTERM before that would cut the stop short. Docker's stop_grace_period covers it too.
+    sigterm_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ NODES: tuple[NodeSpec, ...] = (
     NodeSpec("skill_policy", "skill_policy_node", "extract_skills.nodes.skill_policy_node", "SkillPolicyNode",
              respawn=True),
     NodeSpec("skill_decoder", "skill_decoder_server", "extract_skills.nodes.skill_decoder_server",
-             "SkillDecoderServer"),
+             "SkillDecoderServer", sigterm_timeout_s=15.0),
     NodeSpec("reward_reset_supervisor", "reward_reset_supervisor", "extract_skills.nodes.reward_reset_supervisor",
              "RewardResetSupervisor"),
     NodeSpec("skill_learner", "skill_learner_node", "extract_skills.nodes.skill_learner_node", "SkillLearnerNode",

@@ -48,6 +48,7 @@ def build_launch_description(mode: str):
             # NodeSpec.respawn); the motion node, the supervisor and the sim never restart by themselves.
             respawn=spec.respawn,
             respawn_delay=2.0 if spec.respawn else 0.0,
+            sigterm_timeout=str(spec.sigterm_timeout_s),
         )
         actions.append(node)
         if not spec.respawn:

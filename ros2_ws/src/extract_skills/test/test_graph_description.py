@@ -94,6 +94,22 @@ def test_launch_files_build_with_real_launch_api(launch_file, mode):
     assert len(nodes) == len(nodes_for(mode))
 
 
+def test_the_decoder_gets_time_to_stop_the_arm_before_sigterm():
+    """Under `ros2 launch` Ctrl-C, the decoder's stop path (franky: up to 5 s join + 5 s standstill) must finish
+    before launch escalates to SIGTERM; docker's grace period must cover that too."""
+    import yaml
+
+    from extract_skills.arms.franky_arm import FrankyArmConfig
+
+    dec = next(n for n in nodes_for("real") if n.name == "skill_decoder")
+    worst_stop = 2.0 * FrankyArmConfig(robot_ip="x").stop_timeout_s
+    assert dec.sigterm_timeout_s > worst_stop
+    compose = yaml.safe_load((PKG.parents[2] / "docker-compose.yml").read_text())
+    grace = [int(str(svc["stop_grace_period"]).rstrip("s")) for svc in compose["services"].values()
+             if "stop_grace_period" in svc]
+    assert grace and min(grace) > dec.sigterm_timeout_s
+
+
 def test_empty_launch_defaults_take_the_parameter_files_values():
     from extract_skills.graph import launch_defaults
 
