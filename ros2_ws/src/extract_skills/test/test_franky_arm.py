@@ -173,10 +173,15 @@ def test_stop_mid_motion_returns_stationary(arm):
     for _ in range(5):
         arm.send(check_command(arm.read_state(), far, 1.0, lim))
         time.sleep(0.05)
+    moving_q = arm.read_state().q
     t0 = time.monotonic()
     arm.stop()
-    assert time.monotonic() - t0 < 6.0
-    assert arm.is_stationary()
+    # within its own bound: the stop motion's join plus the standstill wait (each stop_timeout_s); a fixed 6 s
+    # failed on a loaded machine, where franky-sim's state stream stalls and the standstill takes longer to confirm
+    assert time.monotonic() - t0 < 2.0 * arm.config.stop_timeout_s + 1.0
+    _wait_settled(arm)  # no command after the stop: the arm comes to rest by itself
+    assert arm.robot_thread_native_id is not None  # still connected: the stop was a stop, not a lost connection
+    assert np.abs(arm.read_state().q - moving_q).max() < 0.15  # stopped, not carried on towards the far target
 
 
 def test_skill_executor_end_to_end(arm):
@@ -237,6 +242,25 @@ def test_network_loss_mid_motion_is_network_error():
         with pytest.raises(ArmNetworkError, match="recreated|connect"):
             arm.read_state()  # the handle is dead: no silent reconnect
 
+
+
+def test_a_frozen_robot_stream_is_a_lost_connection():
+    """franky-sim frozen (SIGSTOP: sockets open, no state): reads must fail within a few seconds, never keep
+    returning the last joints with a fresh local stamp (the executor's state-age check would not see it)."""
+    with franky_sim() as (host, proc):
+        arm = FrankyArm(FrankyArmConfig(robot_ip=host, realtime="ignore", relative_dynamics_factor=0.3), LIMITS)
+        arm.connect()
+        arm.read_state()
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(ArmNetworkError):
+                while time.monotonic() - t0 < 15.0:
+                    arm.read_state()
+                    time.sleep(0.05)
+            assert time.monotonic() - t0 < 3.0 * arm.config.call_timeout_s
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
 
 
 def _fifo_granted() -> bool:
@@ -309,10 +333,11 @@ def test_the_robot_runs_on_its_own_realtime_thread_and_callers_keep_their_schedu
 def test_goal_dynamics_factor_slows_the_motion_and_never_speeds_it_up(arm):
     """Issue 15: a goal's dynamics factor is applied. franky multiplies a motion's factor with the robot's
     (0.3 here), so a goal of 0.03 must move the arm slower than one of 0.3, and 1.0 no faster than 0.3.
-    Judged by the peak joint speed the arm reports during the skill: the distance travelled also grows with how
-    late this (normal-priority) thread runs, so on a loaded machine it measured the load, not the factor."""
+    Judged by the joint speed the arm reports during the skill (mean over reads and joints): the distance travelled
+    also grows with how late this (normal-priority) thread runs, so on a loaded machine it measured the load, and a
+    peak over joints caught franky-sim's joint-7 chatter."""
 
-    def peak_speed(factor: float) -> float:
+    def mean_speed(factor: float) -> float:
         _wait_settled(arm)
         ex = SkillExecutor(arm, LIMITS, ExecutorConfig(period_s=LIMITS.dt, max_steps=8))
         speeds = []
@@ -320,7 +345,7 @@ def test_goal_dynamics_factor_slows_the_motion_and_never_speeds_it_up(arm):
 
         def reading():
             s = read()
-            speeds.append(float(np.abs(s.dq).max()))
+            speeds.append(float(np.abs(s.dq).mean()))  # over joints: franky-sim's joint 7 chatters ~0.08 rad/s
             return s
 
         def decoder():
@@ -334,12 +359,12 @@ def test_goal_dynamics_factor_slows_the_motion_and_never_speeds_it_up(arm):
             del arm.read_state
         assert res.status is SkillStatus.SUCCEEDED, res.error
         arm.stop()
-        return max(speeds)
+        return float(np.mean(speeds))
 
-    slow, configured = peak_speed(0.03), peak_speed(0.3)
+    slow, configured = mean_speed(0.03), mean_speed(0.3)
     assert slow < 0.6 * configured, (slow, configured)
     assert arm.dynamics_factor == 0.3
-    assert peak_speed(1.0) < 1.3 * configured  # capped at the configured factor
+    assert mean_speed(1.0) < 1.3 * configured  # capped at the configured factor
     with pytest.raises(ValueError, match="dynamics factor"):
         SkillExecutor(arm, LIMITS, ExecutorConfig(period_s=LIMITS.dt, max_steps=2)).run(iter(()), dynamics_factor=float("nan"))
 
