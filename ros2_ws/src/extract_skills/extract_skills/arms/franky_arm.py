@@ -174,12 +174,18 @@ class FrankyArm(Arm):
             # is abandoned so that connect() starts afresh.
             fut.cancel()
             self._robot = None
-            with self._worker_lock:
-                if self._worker is worker:
-                    self._worker, self._worker_ident = None, None
-            worker.shutdown(wait=False)
+            self._drop_worker(worker)
             raise ArmNetworkError(f"{getattr(fn, '__name__', fn).lstrip('_')}: the robot at {self.config.robot_ip} "
                                   f"did not answer within {timeout:.1f} s") from None
+
+    def _drop_worker(self, worker: concurrent.futures.ThreadPoolExecutor | None) -> None:
+        """Forget ``worker`` as the robot thread (if it still is) and let it end once idle; the next call starts
+        a fresh one."""
+        with self._worker_lock:
+            if self._worker is worker:
+                self._worker, self._worker_ident = None, None
+        if worker is not None:
+            worker.shutdown(wait=False)
 
     @property
     def robot_thread_native_id(self) -> int | None:
@@ -305,10 +311,7 @@ class FrankyArm(Arm):
         self._robot = None
         self._gripper = None
         self._gripper_future = None
-        with self._worker_lock:
-            worker, self._worker, self._worker_ident = self._worker, None, None
-        if worker is not None:
-            worker.shutdown(wait=False)  # the robot object is dropped; the thread ends once idle
+        self._drop_worker(self._worker)
 
     # ------------------------------------------------------------------------------------
     def _read_gripper(self) -> float:

@@ -100,7 +100,7 @@ class Learner:
         steps = max(int(transition.get("steps", 1)), 1)
         self.counters.observed_env_steps += steps
         seen = self.counters.observed_env_steps if per_env_step else len(self.buffer)
-        if seen < max(cfg.learning_starts, 1) or len(self.buffer) < 1:
+        if seen < max(cfg.learning_starts, 1):  # the buffer holds this transition at least
             return 0
         self.counters.update_credit += cfg.utd * (steps if per_env_step else 1)
         n = int(self.counters.update_credit)
