@@ -138,6 +138,8 @@ def run_flat_sac(args, seed: int) -> dict:
 
     from extract_skills.core.rl.baselines import FlatSAC, FlatSACConfig
 
+    from extract_skills.core.data.atomic_io import atomic_torch_save
+
     env, bundle = _env(args, args.checkpoint, flat=True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -145,8 +147,23 @@ def run_flat_sac(args, seed: int) -> dict:
     agent = FlatSAC(bundle.obs_dim, cfg)
     steps, curve, episode, t0 = 0, [], 0, time.time()
     evaluate = lambda: _flat_eval(env, lambda o: agent.to_env(agent.act(o, rng)), args.eval_episodes, seed)
-    curve.append((0, evaluate()))
-    next_eval = args.eval_every
+    # A flat run takes hours here (a render and an embedding per step): it checkpoints at episode ends, atomically,
+    # and a rerun with the same out dir continues from the last one (agent, buffer, counters, curve, RNG states).
+    ckpt = args.out_dir / f"sac_s{seed}" / "checkpoint.pt"
+    if ckpt.is_file():
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file: numpy RNG state inside
+        if (st["env_steps_budget"], st["task_index"]) != (args.env_steps, args.task_index):
+            raise SystemExit(f"{ckpt} is from another budget or task ({st['env_steps_budget']} steps, task "
+                             f"{st['task_index']}); use another --out-dir")
+        agent.load_checkpoint(st["agent"])
+        steps, curve, episode, next_eval = st["steps"], [tuple(c) for c in st["curve"]], st["episode"], st["next_eval"]
+        rng.bit_generator.state = st["numpy_rng"]
+        torch.set_rng_state(st["torch_rng"])
+        t0 -= st["seconds"]  # the run's time includes its earlier processes
+        print(f"  [sac s{seed}] resumed from {ckpt}: {steps} env steps, episode {episode}", flush=True)
+    else:
+        curve.append((0, evaluate()))
+        next_eval = args.eval_every
     while steps < args.env_steps:
         obs = env.reset(seed=seed * 100_000 + episode)
         ret = 0.0
@@ -168,7 +185,13 @@ def run_flat_sac(args, seed: int) -> dict:
         while steps >= next_eval and next_eval <= args.env_steps:
             curve.append((next_eval, evaluate()))
             next_eval += args.eval_every
-    return {"steps": [s for s, _ in curve], "mean_subtasks": [v for _, v in curve], "episodes": episode}
+        if episode % 2 == 0 or steps >= args.env_steps:
+            atomic_torch_save({"agent": agent.checkpoint(), "steps": steps, "curve": curve, "episode": episode,
+                               "next_eval": next_eval, "numpy_rng": rng.bit_generator.state,
+                               "torch_rng": torch.get_rng_state(), "seconds": time.time() - t0, "env_steps_budget": args.env_steps,
+                               "task_index": args.task_index}, ckpt)
+    return {"steps": [s for s, _ in curve], "mean_subtasks": [v for _, v in curve], "episodes": episode,
+            "seconds": round(time.time() - t0, 1)}
 
 
 def _make_bc_demos(env, n: int, seed: int) -> dict:
@@ -292,13 +315,14 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 except FileExistsError:
-                    print(f"[{m} s{s}] another process runs it (delete {claim} if that process died), skipping")
+                    print(f"[{m} s{s}] another process runs it (delete {claim} if that process died; a flat SAC "
+                          f"run then resumes from its checkpoint), skipping")
                     continue
                 t0 = time.time()
                 print(f"[{m} s{s}] running", flush=True)
                 res = (run_skill_agent(args, m, s) if m in ("extract", "spirl") else
                        run_flat_sac(args, s) if m == "sac" else run_bc(args, s))
-                res["seconds"] = round(time.time() - t0, 1)
+                res.setdefault("seconds", round(time.time() - t0, 1))
                 out.write_text(json.dumps(res, indent=1))
                 claim.unlink()
                 print(f"[{m} s{s}] {res['mean_subtasks']} in {res['seconds']} s", flush=True)

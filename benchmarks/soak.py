@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ROS_DOMAIN_ID"] = str(ns.domain)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     ns.log_dir.mkdir(parents=True, exist_ok=True)
+    for old in ns.log_dir.glob("*.log"):  # this run's logs only (a restarted node appends to its own)
+        old.unlink()
 
     import rclpy
     from action_msgs.msg import GoalInfo
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("soak")
     ex = MultiThreadedExecutor(num_threads=2)
     ex.add_node(node)
-    stats = {"episodes": 0, "gaps": [], "frame_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {}}
+    stats = {"episodes": 0, "gaps": [], "frame_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
+             "ends": {}}
     last_fb: dict[bytes, tuple[float, int]] = {}  # goal id -> (arrival, step)
     state = {"goal": None, "prev_goal_end": None, "current": None}
 
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_event(msg: EpisodeEvent) -> None:
         if msg.event in (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE, EpisodeEvent.TRUNCATED):
             stats["episodes"] += 1
+            why = re.sub(r"\d+(\.\d+)?", "N", msg.detail)  # one row per reason, not per number in it
+            stats["ends"][why] = stats["ends"].get(why, 0) + 1
 
     node.create_subscription(ExecuteSkill.Impl.FeedbackMessage, "/execute_skill/_action/feedback", on_feedback, 100)
     node.create_subscription(SkillCommand, TOPICS["skill_command"], on_command, 50)
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")
     print("| measure | value |\n|---|---:|")
     print(f"| episodes completed | {stats['episodes']} |")
+    print(f"| episode ends by reason | {'; '.join(f'{k}: {v}' for k, v in sorted(stats['ends'].items()))} |")
     print(f"| faults injected | {', '.join(f'{k} {v}' for k, v in stats['faults'].items())} |")
     print(f"| node deaths (not killed by the soak) | {len(deaths)}{' (' + ', '.join(deaths) + ')' if deaths else ''} |")
     print(f"| command ticks dropped (of {stats['feedback']} sent) | {stats['ticks_dropped']} |")

@@ -28,7 +28,7 @@ from extract_skills.core.control.skill_executor import Fault  # noqa: E402
 from extract_skills.core.control.safety import robot_model  # noqa: E402
 from extract_skills.graph import TOPICS  # noqa: E402
 from extract_skills.nodes.common import rgb_to_image  # noqa: E402
-from support.ros_graph import RclpyContext, spin_until, start_python, stop_process  # noqa: E402
+from support.ros_graph import RclpyContext, spin_for, spin_until, start_python, stop_process  # noqa: E402
 from support.tiny_models import make_tiny_models  # noqa: E402
 
 
@@ -165,7 +165,7 @@ def test_policy_refuses_nan_and_stale_observations(models):
                 t_end = time.monotonic() + seconds
                 while time.monotonic() < t_end and not until():
                     _publish_obs(test, pub, value)
-                    spin_until(ex, lambda: False, 0.05)
+                    spin_for(ex, 0.05)
 
             assert spin_until(ex, pol.client.server_is_ready, 15.0), "decoder action server not discovered"
             # wait on the condition, not a fixed time: under load the policy's 20 Hz act timer may not fire in 1 s
@@ -177,17 +177,17 @@ def test_policy_refuses_nan_and_stale_observations(models):
             t_end = time.monotonic() + 10.0
             while time.monotonic() < t_end and pol.counters["refused_obs"] <= refused:
                 _publish_obs(test, pub, 0.1, stamp_offset_s=2.0)
-                spin_until(ex, lambda: False, 0.05)
+                spin_for(ex, 0.05)
             assert pol.counters["goals"] == 0 and pol.counters["refused_obs"] > refused
             feed(0.1, 15.0, until=lambda: pol.counters["goals"] >= 1)
             assert pol.counters["goals"] >= 1
             # camera stops: once the observation is older than max_obs_age_s no new goal is sent
             # (arrival ages, not publish times: under load a queued message is delivered late, so let
             # the queues drain before taking the count)
-            spin_until(ex, lambda: False, 1.0)
+            spin_for(ex, 1.0)
             assert spin_until(ex, lambda: not pol._in_flight and pol.embedding.age() > 0.3, 10.0)
             goals = pol.counters["goals"]
-            spin_until(ex, lambda: False, 1.0)
+            spin_for(ex, 1.0)
             assert pol.counters["goals"] == goals
         finally:
             dec.close()
@@ -217,9 +217,9 @@ def test_policy_process_killed_stops_the_arm(models):
             t_end = time.monotonic() + 60.0
             while not dec.arm.commands and time.monotonic() < t_end:
                 _publish_obs(test, pub, 0.1)
-                spin_until(ex, lambda: False, 0.05)
+                spin_for(ex, 0.05)
             assert dec.arm.commands, f"the policy process never started a skill (SkillCommands seen: {len(cmds)})"
-            spin_until(ex, lambda: False, 0.3)
+            spin_for(ex, 0.3)
             assert dec.last_result is None, f"skill ended before the kill: {dec.last_result}"
             policy.send_signal(signal.SIGKILL)
             policy.wait(5)
@@ -253,7 +253,7 @@ def test_policy_gives_up_a_goal_lost_with_a_dead_decoder_and_acts_again_after_it
             t_end = time.monotonic() + timeout_s
             while not pred() and time.monotonic() < t_end:
                 _publish_obs(test, pub, 0.1)
-                spin_until(ex, lambda: False, 0.05)
+                spin_for(ex, 0.05)
             return pred()
 
         decoder = start_python(*decoder_args)
@@ -433,7 +433,7 @@ def test_ros_clock_jumping_back_changes_no_timeout(models):
 
     from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
     from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
-    from support.ros_graph import wait_future
+    from support.ros_graph import Every, wait_future
 
     with RclpyContext() as ctx:
         dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
@@ -448,11 +448,14 @@ def test_ros_clock_jumping_back_changes_no_timeout(models):
         ex = MultiThreadedExecutor(num_threads=4, context=ctx)
         ex.add_node(dec)
         ex.add_node(test)
-        now = {"t": 1000}
+        now = {"t": 1000, "sent": None}
+        due = Every(0.05)  # /clock and heartbeat at 20 Hz, and a jump at once
 
         def tick():
-            clock.publish(Clock(clock=Time(sec=now["t"])))
-            hb.publish(Header(frame_id="clock_policy"))
+            if due() or now["t"] != now["sent"]:
+                clock.publish(Clock(clock=Time(sec=now["t"])))
+                hb.publish(Header(frame_id="clock_policy"))
+                now["sent"] = now["t"]
             return False
 
         try:
@@ -461,13 +464,17 @@ def test_ros_clock_jumping_back_changes_no_timeout(models):
             for _ in range(2):
                 goal = ExecuteSkill.Goal(skill_id=0, argument=[0.0] * 5, step_limit=60, dynamics_factor=0.1,
                                          heartbeat_source="clock_policy")
+                sent_before = len(dec.arm.commands)
                 handle = wait_future(ex, client.send_goal_async(goal))
                 assert handle.accepted
                 fut = handle.get_result_async()
-                assert spin_until(ex, lambda: (tick(), dec.last_result is not None and fut.done()
-                                               or len(dec.arm.commands) > 20)[1], 20.0)
+                # the jump must land mid-skill: after this goal's 20th command (of 60), before its end
+                assert spin_until(ex, lambda: (tick(), fut.done() or len(dec.arm.commands) > sent_before + 20)[1], 20.0)
+                assert not fut.done(), "the skill ended before the clock jumped: nothing was tested"
                 now["t"] = 10  # ROS time jumps back 990 s in the middle of the skill
-                assert spin_until(ex, lambda: (tick(), fut.done())[1], 30.0)
+                assert spin_until(ex, lambda: (tick(), fut.done())[1], 30.0), (
+                    f"no result 30 s after the jump: {len(dec.arm.commands) - sent_before} commands of this goal sent, "
+                    f"decoder idle: {dec.is_idle()}, last result: {dec.last_result}")
                 res = fut.result()
                 assert res.status == GoalStatus.STATUS_SUCCEEDED, res.result.error
                 assert dec.get_clock().now().nanoseconds < 11e9  # the node did follow /clock

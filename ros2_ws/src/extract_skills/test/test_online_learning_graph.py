@@ -18,7 +18,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from extract_skills.core.rl.trainer import CHECKPOINT  # noqa: E402
 from extract_skills.graph import TOPICS  # noqa: E402
 from extract_skills.nodes.common import WEIGHTS_QOS, transition_msg  # noqa: E402
-from support.ros_graph import RclpyContext, spin_until, start_python, stop_process  # noqa: E402
+from support.ros_graph import Every, RclpyContext, spin_for, spin_until, start_python, stop_process  # noqa: E402
 from support.tiny_models import make_tiny_models  # noqa: E402
 
 OBS_DIM, Z = 512 + 8, 5  # tiny models: r3m_resnet18 embedding + proprio; latent dim of SkillModelConfig
@@ -117,7 +117,7 @@ def test_learner_in_its_own_process_trains_from_topics_and_the_actor_swaps_weigh
             pub.publish(_transition(rng, 0, obs_dim=OBS_DIM + 3))  # wrong layout: the learner refuses it
             for i in range(40):
                 pub.publish(_transition(rng, i))
-                spin_until(ex, lambda: False, 0.01)
+                spin_for(ex, 0.01)
             assert spin_until(ex, lambda: max(versions) >= 25, 60.0), f"weights versions seen: {versions}"
             # the actor may still hold an older version than the one we saw: wait for a new enough one
             assert spin_until(ex, lambda: pol._pending_weights is not None and pol._pending_weights[0] >= 25, 30.0)
@@ -152,7 +152,8 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
             Parameter("control_period_s", value=0.01), Parameter("max_step_delta", value=0.005)])
         sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
             Parameter("mode", value="real"), Parameter("task", value=",".join(task)), Parameter("num_episodes", value=0),
-            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False)])
+            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False),
+            Parameter("wait_for_camera", value=False)])
         op = rclpy.create_node("operator_console_test", context=ctx)
         events: list[EpisodeEvent] = []
         op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
@@ -201,7 +202,7 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
             assert spin_until(ex, lambda: EpisodeEvent.NEEDS_HUMAN in kinds(), 5.0), kinds()
             assert sup.summary[-1]["counted"] is False and "arm fault" in events[-2].detail
             assert call(interpret_key("h", task)).success
-            spin_until(ex, lambda: False, 1.0)
+            spin_for(ex, 1.0)
             assert kinds().count(EpisodeEvent.START) == 3  # still waiting for /clear_fault
             dec.pub_fault.publish(String(data=""))
             assert spin_until(ex, lambda: kinds().count(EpisodeEvent.START) == 4, 30.0), kinds()
@@ -243,7 +244,8 @@ def test_supervisor_truncates_the_episode_of_a_dead_policy_and_goes_on_with_its_
             Parameter("control_period_s", value=0.01), Parameter("max_step_delta", value=0.005)])
         sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
             Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
-            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=True)])
+            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=True),
+            Parameter("wait_for_camera", value=False)])
         op, events, reset, ex = _operator_graph(ctx, "respawn_test", dec, sup)
 
         def starts():
@@ -261,7 +263,7 @@ def test_supervisor_truncates_the_episode_of_a_dead_policy_and_goes_on_with_its_
             ended = next(e for e in events if e.event == EpisodeEvent.TRUNCATED)
             assert "skill_policy node went away" in ended.detail and sup.summary[-1]["counted"] is False
             assert wait_future(ex, reset.call_async(ResetEpisode.Request(operator_confirmed=True))).success
-            spin_until(ex, lambda: False, 1.0)
+            spin_for(ex, 1.0)
             assert starts() == 1  # no policy, no episode
             policy = start_python(*policy_args)  # what `respawn=True` does under ros2 launch
             assert spin_until(ex, lambda: starts() == 2, 60.0), [e.event for e in events]
@@ -291,7 +293,7 @@ def test_reset_that_keeps_failing_asks_for_a_person_and_starts_no_episode(models
         sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
             Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
             Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False),
-            Parameter("reset_retries", value=2)])
+            Parameter("wait_for_camera", value=False), Parameter("reset_retries", value=2)])
         op, events, reset, ex = _operator_graph(ctx, "reset_fail_test", dec, sup)
         kinds = lambda: [e.event for e in events]  # noqa: E731
         try:
@@ -301,8 +303,57 @@ def test_reset_that_keeps_failing_asks_for_a_person_and_starts_no_episode(models
             need = next(e for e in events if e.event == EpisodeEvent.NEEDS_HUMAN)
             assert "reset failed 2 times" in need.detail and "move home failed" in need.detail, need.detail
             assert EpisodeEvent.START not in kinds() and sup.episode_id == 0
-            spin_until(ex, lambda: False, 1.0)
+            spin_for(ex, 1.0)
             assert EpisodeEvent.START not in kinds()  # waits for a person; no retry loop on its own
+        finally:
+            dec.close()
+
+
+def test_no_episode_starts_while_the_camera_is_down(models):
+    """A camera that is down (or being respawned by the launch) would end a new episode as a drop-out seconds
+    after its start: the supervisor starts one only while embedded frames arrive, and starts it once they do."""
+    from extract_msgs.msg import SkillEmbedding
+    from extract_msgs.srv import ResetEpisode
+
+    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from support.ros_graph import wait_future
+
+    with RclpyContext() as ctx:
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
+            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
+            Parameter("control_period_s", value=0.0), Parameter("max_step_delta", value=0.05)])
+        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
+            Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
+            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False),
+            Parameter("max_camera_gap_s", value=1.0)])
+        op, events, reset, ex = _operator_graph(ctx, "camera_wait_test", dec, sup)
+        pub = op.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
+        streaming = {"on": False}
+        due = Every(0.1)  # a 10 Hz camera
+
+        def spin(predicate, timeout_s):
+            def step():
+                if streaming["on"] and due():
+                    pub.publish(SkillEmbedding(embedding=[0.1] * 4))
+                return predicate()
+            return spin_until(ex, step, timeout_s)
+
+        def kinds():
+            return [e.event for e in events]
+
+        try:
+            assert spin_until(ex, reset.service_is_ready, 15.0)
+            assert wait_future(ex, reset.call_async(ResetEpisode.Request(operator_confirmed=True))).success
+            assert not spin(lambda: EpisodeEvent.START in kinds(), 2.0), "an episode started with no camera"
+            streaming["on"] = True  # the camera comes up
+            assert spin(lambda: EpisodeEvent.START in kinds(), 15.0), kinds()
+            streaming["on"] = False  # and goes down: the episode ends as a drop-out
+            assert spin(lambda: EpisodeEvent.TRUNCATED in kinds(), 15.0), kinds()
+            assert wait_future(ex, reset.call_async(ResetEpisode.Request(operator_confirmed=True))).success
+            assert not spin(lambda: kinds().count(EpisodeEvent.START) > 1, 2.0), "an episode started with no camera"
+            streaming["on"] = True  # respawned
+            assert spin(lambda: kinds().count(EpisodeEvent.START) == 2, 15.0), kinds()
         finally:
             dec.close()
 
@@ -339,9 +390,10 @@ def test_camera_drop_out_ends_the_episode_and_the_running_skill_stops(models):
         for n in (dec, pol, sup, cam):
             ex.add_node(n)
         streaming = {"on": True}
+        due = Every(0.1)  # a 10 Hz camera (a frame per spin would starve the skill thread of the GIL)
 
         def frame():
-            if streaming["on"]:
+            if streaming["on"] and due():
                 m = SkillEmbedding(encoder_name=pol.bundle.meta.encoder_name, embedding=[0.1] * pol.bundle.meta.embed_dim)
                 m.header.stamp = cam.get_clock().now().to_msg()
                 pub.publish(m)

@@ -453,3 +453,40 @@ def test_episode_tracker_rewards_each_subtask_once_and_the_summary_counts_only_c
     lines = table.splitlines()
     assert len(lines) == 5 and "kettle, microwave" in lines[1] and lines[2].endswith("(not counted)")
     assert lines[-1] == "mean return over 2 counted episode(s): 1.50"
+
+
+def test_flat_sac_checkpoint_resumes_the_same_run(tmp_path):
+    """The flat SAC baseline runs for hours here and checkpoints: a run stopped, saved, loaded into a fresh agent
+    and continued with the same RNG states makes exactly the updates the uninterrupted run makes."""
+    from extract_skills.core.data.atomic_io import atomic_torch_save
+    from extract_skills.core.rl.baselines import FlatSAC, FlatSACConfig
+
+    cfg = FlatSACConfig(batch_size=8, learning_starts=8, hidden=32, buffer_capacity=40)
+
+    def run(agent, rng, steps):
+        for _ in range(steps):
+            o = rng.standard_normal(OBS_DIM).astype(np.float32)
+            agent.store(o, agent.act(o, rng), float(rng.random()), o + 0.1, 0.0)
+            if agent.n >= cfg.learning_starts:
+                agent.update(rng)
+
+    torch.manual_seed(0)
+    a, rng_a = FlatSAC(OBS_DIM, cfg), np.random.default_rng(0)
+    run(a, rng_a, 30)
+    atomic_torch_save({"agent": a.checkpoint(), "torch_rng": torch.get_rng_state()}, tmp_path / "ck.pt")
+    run(a, rng_a, 25)  # past the buffer's capacity: the ring wraps after the save
+
+    st = torch.load(tmp_path / "ck.pt", weights_only=True)
+    torch.manual_seed(123)  # another initialisation, overwritten by the load
+    b, rng_b = FlatSAC(OBS_DIM, cfg), np.random.default_rng(0)
+    run(FlatSAC(OBS_DIM, cfg), rng_b, 30)  # the same RNG draws as the first 30 steps
+    b.load_checkpoint(st["agent"])
+    torch.set_rng_state(st["torch_rng"])
+    run(b, rng_b, 25)
+    assert b.n == a.n == 55
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert np.array_equal(a.obs, b.obs) and np.array_equal(a.rew, b.rew)
+
+    with pytest.raises(ValueError, match="buffer of shape"):
+        FlatSAC(OBS_DIM + 1, cfg).load_checkpoint(st["agent"])

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 import rclpy
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -140,6 +141,13 @@ def guarded(node: Node, topic: str, callback: Callable[[Any], None]) -> Callable
 def subscribe(node: Node, msg_type, topic: str, callback: Callable[[Any], None], qos, **kwargs):
     """``node.create_subscription`` with the callback :func:`guarded`."""
     return node.create_subscription(msg_type, topic, guarded(node, topic, callback), qos, **kwargs)
+
+
+def steady_timer(node: Node, period_s: float, callback: Callable[[], None], **kwargs):
+    """A timer on the steady clock. Node timers follow ROS time, which under ``use_sim_time`` stops when /clock
+    stops and jumps when it jumps: a heartbeat, a watchdog tick or diagnostics must keep their period whatever
+    /clock does (RELIABILITY row 22)."""
+    return node.create_timer(period_s, callback, clock=Clock(clock_type=ClockType.STEADY_TIME), **kwargs)
 
 
 def stamp_to_s(stamp) -> float:

@@ -23,7 +23,7 @@ from std_srvs.srv import Trigger
 from extract_skills.core.data.atomic_io import atomic_write
 from extract_skills.core.rl.episode import EpisodeTracker, Outcome, format_summary
 from extract_skills.graph import HEARTBEAT, SERVICES, TOPICS
-from extract_skills.nodes.common import declare, run_node, subscribe
+from extract_skills.nodes.common import declare, run_node, steady_timer, subscribe
 from extract_skills.nodes.kitchen_sim_node import parse_task
 
 DEFAULTS = {
@@ -37,6 +37,7 @@ DEFAULTS = {
     "settle_s": 0.5,  # s between the end of an episode and the reset (lets the policy cancel)
     "wait_for_policy": True,  # no episode starts before the skill_policy node listens to episode events
     "max_camera_gap_s": 3.0,  # s without an embedded frame that ends a running episode (camera drop-out); 0: off
+    "wait_for_camera": True,  # no episode starts without an embedded frame in the last max_camera_gap_s
     "max_policy_silence_s": 2.0,  # s without the policy's heartbeat that ends a running episode; 0: off
     "summary_json": "",  # rewritten (atomically) after every episode, so an interrupted run keeps what ran; "" = none
 }
@@ -79,7 +80,8 @@ class RewardResetSupervisor(Node):
             callback_group=group)
         # Camera drop-out: the policy stops deciding, but the running skill would go on blind; ending the
         # episode makes the policy cancel it, and the decoder stops the arm.
-        self._last_frame = time.monotonic()
+        self._last_frame: float | None = None  # monotonic arrival of the last embedded frame; None: none yet
+        self._said_camera = False
         subscribe(self, SkillEmbedding, TOPICS["embedding"], self._on_frame, 10, callback_group=group)
         # The policy's heartbeat names its process: silence, or another process (a respawn) mid-episode, means the
         # policy that was acting is gone. The DDS graph cannot tell: a killed process's endpoints stay listed
@@ -87,7 +89,7 @@ class RewardResetSupervisor(Node):
         self._policy_beat: tuple[str, float] | None = None  # (heartbeat id, monotonic arrival)
         self._episode_policy = ""
         subscribe(self, Header, HEARTBEAT, self._on_policy_beat, 10, callback_group=group)
-        self.create_timer(0.05, self._tick, callback_group=group)
+        steady_timer(self, 0.05, self._tick, callback_group=group)
 
     # -------------------------------------------------------------------------- events
     def _publish(self, event: int, reward: float = 0.0, detail: str = "") -> None:
@@ -204,7 +206,7 @@ class RewardResetSupervisor(Node):
             now = time.monotonic()
             if self._state == "running":
                 t = self.tracker
-                gap = now - max(self._last_frame, self._t_start)
+                gap = now - max(self._last_frame or 0.0, self._t_start)
                 if self.p["max_camera_gap_s"] and gap > self.p["max_camera_gap_s"]:
                     self._end(Outcome.TRUNCATED, f"camera dropped out: no embedded frame for {gap:.1f} s",
                               counted=False)
@@ -241,6 +243,10 @@ class RewardResetSupervisor(Node):
         beating = not limit or (self._policy_beat is not None and now - self._policy_beat[1] <= limit)
         return beating and self._policy_listening()
 
+    def _camera_ready(self, now: float) -> bool:
+        limit = self.p["max_camera_gap_s"] or 3.0
+        return self._last_frame is not None and now - self._last_frame <= limit
+
     def _try_reset(self, now: float) -> None:
         if not self._operator_ok or self._arm_fault:
             return
@@ -249,6 +255,13 @@ class RewardResetSupervisor(Node):
                 self.get_logger().info("waiting for the skill_policy node before the first episode")
                 self._said_waiting = True
             return
+        if self.p["wait_for_camera"] and not self._camera_ready(now):
+            # a camera that is down (or respawning) would end the episode as a drop-out seconds after its start
+            if not self._said_camera:
+                self.get_logger().info("waiting for embedded camera frames before the next episode")
+                self._said_camera = True
+            return
+        self._said_camera = False
         if self._reset_future is None:
             if not self.reset_client.service_is_ready():
                 return

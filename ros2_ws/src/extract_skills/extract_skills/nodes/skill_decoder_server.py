@@ -32,7 +32,8 @@ from extract_skills.core.control.safety import CheckedCommand, SafetyLimits, che
 from extract_skills.core.control.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
                                                 validate_goal)
 from extract_skills.graph import ACTION_EXECUTE_SKILL, SERVICES, TOPICS
-from extract_skills.nodes.common import declare, joint_state_msg, models_dir, parse_joint_state, run_node, subscribe
+from extract_skills.nodes.common import (declare, joint_state_msg, models_dir, parse_joint_state, run_node, steady_timer,
+                                        subscribe)
 from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
 
 ARMS = ("sim", "franky", "fake")
@@ -200,7 +201,7 @@ class SkillDecoderServer(Node):
         self.skill_gaps: deque[float] = deque(maxlen=2000)  # s between consecutive skills' commands
         self._last_command_t: float | None = None
         self.pub_diag = self.create_publisher(DiagnosticArray, TOPICS["diagnostics"], 10)
-        self.create_timer(1.0 / max(p["diagnostics_hz"], 1e-3), self.publish_diagnostics, callback_group=group)
+        steady_timer(self, 1.0 / max(p["diagnostics_hz"], 1e-3), self.publish_diagnostics, callback_group=group)
         self.pub_cmd = self.create_publisher(JointState, TOPICS["joint_commands"], 10) if kind != "sim" else None
         subscribe(self, Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10, callback_group=group)
         self.server = ActionServer(self, ExecuteSkill, ACTION_EXECUTE_SKILL, self._execute,
@@ -209,7 +210,7 @@ class SkillDecoderServer(Node):
         self.create_service(Trigger, SERVICES["move_home"], self._on_move_home, callback_group=group)
         if kind != "sim":
             self.pub_js = self.create_publisher(JointState, TOPICS["joint_states"], 10)
-            self.create_timer(1.0 / p["publish_joint_states_hz"], self._publish_state, callback_group=group)
+            steady_timer(self, 1.0 / p["publish_joint_states_hz"], self._publish_state, callback_group=group)
         self.get_logger().info(f"skill decoder ready: arm={kind}, {self.bundle.num_skills} skills, "
                                f"robot={p['robot']}, max step {p['max_step_delta']} rad")
 

@@ -41,7 +41,8 @@ from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.graph import ACTION_EXECUTE_SKILL, HEARTBEAT, RERECORD, TOPICS
 from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, Monotonic, check_stamp, declare, models_dir,
-                                         parse_joint_state, run_node, sac_config, stamp_to_s, subscribe, transition_msg)
+                                         parse_joint_state, run_node, sac_config, stamp_to_s, steady_timer, subscribe,
+                                         transition_msg)
 
 HEARTBEAT_TOPIC = HEARTBEAT
 
@@ -111,10 +112,10 @@ class SkillPolicyNode(Node):
         # Names this process, not just the node: a respawned policy's beats must not keep its dead
         # predecessor's skill alive (the decoder watches the heartbeat the goal names).
         self.heartbeat_id = f"{self.get_fully_qualified_name()}#{os.getpid()}"
-        self.create_timer(1.0 / self.p["heartbeat_hz"], self._heartbeat, callback_group=group)
+        steady_timer(self, 1.0 / self.p["heartbeat_hz"], self._heartbeat, callback_group=group)
         # Poll rather than act inside the embedding callback: acting there (graph queries, goal
         # sends) starved the other callbacks of rclpy's executor on 2 cores (seen: 2 s old inputs).
-        self.create_timer(1.0 / self.p["act_hz"], self._maybe_act, callback_group=group)
+        steady_timer(self, 1.0 / self.p["act_hz"], self._maybe_act, callback_group=group)
         if self.p["learn"] and self.p["learner"] == "remote":
             self.pub_transition = self.create_publisher(SkillTransition, TOPICS["transitions"], 100)
             subscribe(self, PolicyWeights, TOPICS["policy_weights"], self._on_weights, WEIGHTS_QOS,

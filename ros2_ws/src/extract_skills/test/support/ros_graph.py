@@ -1,6 +1,7 @@
 """Helpers for tests that run real rclpy graphs (in-process executors and child processes)."""
 from __future__ import annotations
 
+import faulthandler
 import os
 import subprocess
 import sys
@@ -22,7 +23,36 @@ def spin_until(executor: Executor, predicate: Callable[[], bool], timeout_s: flo
         if predicate():
             return True
         executor.spin_once(timeout_sec=0.02)
-    return predicate()
+    if predicate():
+        return True
+    # A wait that times out is a failing test (or a deliberate negative check): show where every thread of this
+    # process stood at that moment, so a rare hang in a node's thread can be read from one CI log.
+    print(f"spin_until: predicate still false after {timeout_s} s; thread stacks:", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    return False
+
+
+class Every:
+    """True at most once per ``period_s`` (monotonic). A test that publishes from its spin loop's predicate must
+    publish at a rate, not on every spin: each message wakes the next spin at once, and that busy loop holds
+    the GIL against the node's own threads (a skill thread starved this way ran 60 steps in over 30 s)."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s, self._next = period_s, 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.period_s
+        return True
+
+
+def spin_for(executor: Executor, seconds: float) -> None:
+    """Spin `executor` for `seconds` (monotonic), e.g. to let callbacks run before a check that nothing happened."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=min(0.02, max(deadline - time.monotonic(), 0.0)))
 
 
 def wait_future(executor: Executor, future, timeout_s: float = 30.0):
@@ -103,7 +133,7 @@ def wait_for_decoder_process(executor: Executor, node, client, timeout_s: float 
     sub = node.create_subscription(DiagnosticArray, "/diagnostics", seen.append, 10)
     try:
         ok = spin_until(executor, lambda: bool(seen) and client.server_is_ready(), timeout_s)
-        spin_until(executor, lambda: False, 1.0)
+        spin_for(executor, 1.0)
         return ok
     finally:
         node.destroy_subscription(sub)

@@ -91,6 +91,30 @@ class FlatSAC(nn.Module):
         self.obs[i], self.act_buf[i], self.rew[i], self.next_obs[i], self.term[i] = obs, y, r, next_obs, terminated
         self.n += 1
 
+    def checkpoint(self) -> dict:
+        """Networks, optimisers, temperature and the filled part of the replay buffer: everything a resumed run
+        needs to continue as if it had not stopped (RNG states are the caller's)."""
+        m = min(self.n, self.cfg.buffer_capacity)
+        return {"modules": self.state_dict(), "actor_opt": self.actor_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
+                "alpha_opt": self.alpha_opt.state_dict(), "n": self.n,
+                "buffer": {k: torch.from_numpy(getattr(self, k)[:m].copy())
+                           for k in ("obs", "next_obs", "act_buf", "rew", "term")}}
+
+    def load_checkpoint(self, state: dict) -> None:
+        """Inverse of :meth:`checkpoint`; a state of another observation size is a clear error, not a broadcast."""
+        buf = state["buffer"]
+        if buf["obs"].shape[1:] != self.obs.shape[1:] or buf["obs"].shape[0] > self.cfg.buffer_capacity:
+            raise ValueError(f"flat SAC checkpoint has a buffer of shape {tuple(buf['obs'].shape)}, this agent's is "
+                             f"{self.obs.shape}")
+        self.load_state_dict(state["modules"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.q_opt.load_state_dict(state["q_opt"])
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        m = buf["obs"].shape[0]
+        for k in ("obs", "next_obs", "act_buf", "rew", "term"):
+            getattr(self, k)[:m] = buf[k].numpy()
+        self.n = int(state["n"])
+
     def update(self, rng: np.random.Generator) -> dict[str, float]:
         idx = rng.integers(0, min(self.n, self.cfg.buffer_capacity), self.cfg.batch_size)
         o, a, r = (torch.as_tensor(x[idx]) for x in (self.obs, self.act_buf, self.rew))
