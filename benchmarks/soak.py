@@ -106,7 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     ex = MultiThreadedExecutor(num_threads=2)
     ex.add_node(node)
     stats = {"episodes": 0, "gaps": [], "frame_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
-             "ends": {}}
+             "ends": {}, "stream_gaps": {"image": [], "embedding": []}}
+    last_seen: dict[str, float] = {}
+    last_fault = {"kind": "", "t": 0.0}
+
+    def seen(stream: str) -> None:
+        """Gaps over 2 s in a stream, with the last fault injected before the gap ended and how long before."""
+        now = time.monotonic()
+        t = last_seen.get(stream)
+        if t is not None and now - t > 2.0:
+            stats["stream_gaps"][stream].append((round(now - t, 1), last_fault["kind"], round(now - last_fault["t"], 1)))
+        last_seen[stream] = now
     last_fb: dict[bytes, tuple[float, int]] = {}  # goal id -> (arrival, step)
     state = {"goal": None, "prev_goal_end": None, "current": None}
 
@@ -130,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     frames: dict[tuple[int, int], float] = {}  # image stamp -> arrival here (the sim stamps in its own time)
 
     def on_image(msg: Image) -> None:
+        seen("image")
         frames[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.monotonic()
         if len(frames) > 500:
             frames.pop(next(iter(frames)))
@@ -148,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     node.create_subscription(ExecuteSkill.Impl.FeedbackMessage, "/execute_skill/_action/feedback", on_feedback, 100)
     node.create_subscription(SkillCommand, TOPICS["skill_command"], on_command, 50)
     node.create_subscription(Image, TOPICS["image"], on_image, 10)
+    node.create_subscription(SkillEmbedding, TOPICS["embedding"], lambda _m: seen("embedding"), 10)
     node.create_subscription(EpisodeEvent, TOPICS["episode_event"], on_event, 50)
     cancel = node.create_client(CancelGoal, "/execute_skill/_action/cancel_goal")
     client = ActionClient(node, ExecuteSkill, "/execute_skill")
@@ -186,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 ex.spin_once(timeout_sec=0.05)
             procs["skill_decoder"] = start("skill_decoder", ns.log_dir, [])
         stats["faults"][kind] = stats["faults"].get(kind, 0) + 1
+        last_fault.update(kind=kind, t=time.monotonic())
 
     t0 = time.monotonic()
     t_end = t0 + ns.warmup_s + 60.0 * ns.minutes
@@ -232,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| measure | value |\n|---|---:|")
     print(f"| episodes completed | {stats['episodes']} |")
     print(f"| episode ends by reason | {'; '.join(f'{k}: {v}' for k, v in sorted(stats['ends'].items()))} |")
+    for stream, sg in stats["stream_gaps"].items():
+        print(f"| {stream} gaps over 2 s (s; last fault before the gap ended, s before its end) | {len(sg)}: "
+              f"{', '.join(f'{g} ({k}, {dt})' for g, k, dt in sg[:12])}{' ...' if len(sg) > 12 else ''} |")
     print(f"| faults injected | {', '.join(f'{k} {v}' for k, v in stats['faults'].items())} |")
     print(f"| node deaths (not killed by the soak) | {len(deaths)}{' (' + ', '.join(deaths) + ')' if deaths else ''} |")
     print(f"| command ticks dropped (of {stats['feedback']} sent) | {stats['ticks_dropped']} |")
