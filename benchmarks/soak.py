@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding
     from rclpy.action import ActionClient
     from rclpy.executors import MultiThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Header
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ex = MultiThreadedExecutor(num_threads=2)
     ex.add_node(node)
     stats = {"episodes": 0, "gaps": [], "frame_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
-             "ends": {}, "stream_gaps": {"image": [], "embedding": []}}
+             "ends": {}, "stream_gaps": {"image": [], "joint_state": [], "embedding": []}}
     last_seen: dict[str, float] = {}
     last_fault = {"kind": "", "t": 0.0}
 
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     node.create_subscription(ExecuteSkill.Impl.FeedbackMessage, "/execute_skill/_action/feedback", on_feedback, 100)
     node.create_subscription(SkillCommand, TOPICS["skill_command"], on_command, 50)
-    node.create_subscription(Image, TOPICS["image"], on_image, 10)
+    node.create_subscription(Image, TOPICS["image"], on_image, qos_profile_sensor_data)
+    node.create_subscription(JointState, TOPICS["joint_states"], lambda _m: seen("joint_state"), 10)
     node.create_subscription(SkillEmbedding, TOPICS["embedding"], lambda _m: seen("embedding"), 10)
     node.create_subscription(EpisodeEvent, TOPICS["episode_event"], on_event, 50)
     cancel = node.create_client(CancelGoal, "/execute_skill/_action/cancel_goal")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from extract_msgs.msg import SkillEmbedding
 from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from extract_skills.core.skills.deployment import load_deployment_encoder
@@ -66,7 +67,9 @@ class CameraEmbeddingNode(Node):
         self.seq = 0
         self.counters = collections.Counter()
         self.pub = self.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
-        subscribe(self, Image, self.p["image_topic"], self._on_image, 10)
+        # Sensor-data QoS (best effort, the newest frames), as ROS camera drivers publish: a frame lost is replaced
+        # by the next one, and this process stalling (CPU, a debugger) cannot hold up the camera's other readers.
+        subscribe(self, Image, self.p["image_topic"], self._on_image, qos_profile_sensor_data)
         self._worker = threading.Thread(target=self._work_loop, name="camera_embedding", daemon=True)
         self._worker.start()
         self.get_logger().info(f"embedding {self.p['image_topic']} with {self.encoder.identity.name} "
