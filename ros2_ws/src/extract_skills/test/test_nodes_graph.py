@@ -483,6 +483,36 @@ def test_ros_clock_jumping_back_changes_no_timeout(models):
             dec.close()
 
 
+def test_heartbeat_and_diagnostics_keep_their_rate_while_the_sim_clock_stands_still(models):
+    """RELIABILITY row 22: on use_sim_time with no /clock at all (a paused or dead simulator), ROS time stands at
+    0; timers on it would never fire, the policy's heartbeat would stop and every skill would end as a dead
+    policy. The node timers run on the steady clock."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_msgs.msg import Header
+
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+    from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC, SkillPolicyNode
+
+    with RclpyContext() as ctx:
+        pol = SkillPolicyNode(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "heartbeat_hz": 10.0, "use_sim_time": True}))
+        dec = SkillDecoderServer(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "arm": "fake", "diagnostics_hz": 5.0, "use_sim_time": True}))
+        test = rclpy.create_node("frozen_clock_test", context=ctx)
+        beats, diags = [], []
+        test.create_subscription(Header, HEARTBEAT_TOPIC, lambda m: beats.append(time.monotonic()), 50)
+        test.create_subscription(DiagnosticArray, TOPICS["diagnostics"], lambda m: diags.append(time.monotonic()), 50)
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        for n in (pol, dec, test):
+            ex.add_node(n)
+        try:
+            assert spin_until(ex, lambda: len(beats) >= 10 and len(diags) >= 5, 15.0), (len(beats), len(diags))
+            assert pol.get_clock().now().nanoseconds == 0  # no /clock: ROS time did stand still
+            assert np.median(np.diff(beats[-10:])) < 0.3  # ~10 Hz, not one beat per /clock message
+        finally:
+            dec.close()
+
+
 def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_step():
     """The sim twin in lockstep: a burst of commands gets exactly one physics step each, in order (free-running,
     commands faster than the ticks were overwritten); the decoder's TopicArm reads, after a command, only a

@@ -141,19 +141,12 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
 
     from extract_skills.cli.operator_console import interpret_key
     from extract_skills.graph import RERECORD, SERVICES
-    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
-    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
     from support.ros_graph import wait_future
 
     task = ["microwave", "kettle"]
     with RclpyContext() as ctx:
-        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
-            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
-            Parameter("control_period_s", value=0.01), Parameter("max_step_delta", value=0.005)])
-        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
-            Parameter("mode", value="real"), Parameter("task", value=",".join(task)), Parameter("num_episodes", value=0),
-            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False),
-            Parameter("wait_for_camera", value=False)])
+        dec = _fake_arm_decoder(ctx, models, control_period_s=0.01, max_step_delta=0.005)
+        sup = _real_supervisor(ctx, task=",".join(task), wait_for_policy=False, wait_for_camera=False)
         op = rclpy.create_node("operator_console_test", context=ctx)
         events: list[EpisodeEvent] = []
         op.create_subscription(EpisodeEvent, TOPICS["episode_event"], events.append, 50)
@@ -210,6 +203,21 @@ def test_operator_rewards_failure_and_rerecord_on_the_real_robot_path(models):
             dec.close()
 
 
+def _fake_arm_decoder(ctx, models, **params):
+    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
+
+    return SkillDecoderServer(context=ctx, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {"models_dir": str(models), "arm": "fake", **params}.items()])
+
+
+def _real_supervisor(ctx, **params):
+    """The supervisor on the real-robot path (operator resets), counting episodes forever, no settle time."""
+    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
+
+    return RewardResetSupervisor(context=ctx, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {"mode": "real", "num_episodes": 0, "settle_s": 0.0, **params}.items()])
+
+
 def _operator_graph(ctx, name: str, *nodes):
     """An operator-side node (episode events, the reset service) and an executor over it and ``nodes``."""
     from extract_msgs.srv import ResetEpisode
@@ -232,20 +240,12 @@ def test_supervisor_truncates_the_episode_of_a_dead_policy_and_goes_on_with_its_
     respawn starts) listens again."""
     from extract_msgs.srv import ResetEpisode
 
-    from extract_skills.graph import SERVICES
-    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
-    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
     from support.ros_graph import start_python, stop_process, wait_future
 
     policy_args = ("extract_skills.nodes.skill_policy_node", "--ros-args", "-p", f"models_dir:={models}")
     with RclpyContext() as ctx:
-        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
-            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
-            Parameter("control_period_s", value=0.01), Parameter("max_step_delta", value=0.005)])
-        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
-            Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
-            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=True),
-            Parameter("wait_for_camera", value=False)])
+        dec = _fake_arm_decoder(ctx, models, control_period_s=0.01, max_step_delta=0.005)
+        sup = _real_supervisor(ctx, task="microwave", wait_for_policy=True, wait_for_camera=False)
         op, events, reset, ex = _operator_graph(ctx, "respawn_test", dec, sup)
 
         def starts():
@@ -278,22 +278,14 @@ def test_reset_that_keeps_failing_asks_for_a_person_and_starts_no_episode(models
     from extract_msgs.srv import ResetEpisode
 
     from extract_skills.core.control.arm import FakeArmScript
-    from extract_skills.graph import SERVICES
-    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
-    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
     from support.ros_graph import wait_future
 
     with RclpyContext() as ctx:
-        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
-            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
-            Parameter("control_period_s", value=0.0), Parameter("max_step_delta", value=0.05)])
+        dec = _fake_arm_decoder(ctx, models, control_period_s=0.0, max_step_delta=0.05)
         # the arm starts away from home and settles 0.1 rad away from every target: home is never reached
         dec.arm.q = dec.arm.q + 0.2
         dec.arm.script = FakeArmScript(off_pose_offset=np.full(7, 0.1))
-        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
-            Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
-            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False),
-            Parameter("wait_for_camera", value=False), Parameter("reset_retries", value=2)])
+        sup = _real_supervisor(ctx, task="microwave", wait_for_policy=False, wait_for_camera=False, reset_retries=2)
         op, events, reset, ex = _operator_graph(ctx, "reset_fail_test", dec, sup)
         kinds = lambda: [e.event for e in events]  # noqa: E731
         try:
@@ -315,18 +307,11 @@ def test_no_episode_starts_while_the_camera_is_down(models):
     from extract_msgs.msg import SkillEmbedding
     from extract_msgs.srv import ResetEpisode
 
-    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
-    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
     from support.ros_graph import wait_future
 
     with RclpyContext() as ctx:
-        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
-            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
-            Parameter("control_period_s", value=0.0), Parameter("max_step_delta", value=0.05)])
-        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
-            Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
-            Parameter("settle_s", value=0.0), Parameter("wait_for_policy", value=False),
-            Parameter("max_camera_gap_s", value=1.0)])
+        dec = _fake_arm_decoder(ctx, models, control_period_s=0.0, max_step_delta=0.05)
+        sup = _real_supervisor(ctx, task="microwave", wait_for_policy=False, max_camera_gap_s=1.0)
         op, events, reset, ex = _operator_graph(ctx, "camera_wait_test", dec, sup)
         pub = op.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
         streaming = {"on": False}
@@ -366,21 +351,15 @@ def test_camera_drop_out_ends_the_episode_and_the_running_skill_stops(models):
     from extract_msgs.srv import ResetEpisode
 
     from extract_skills.graph import SERVICES
-    from extract_skills.nodes.reward_reset_supervisor import RewardResetSupervisor
-    from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
     from extract_skills.nodes.skill_policy_node import SkillPolicyNode
     from support.ros_graph import wait_future
 
     with RclpyContext() as ctx:
-        dec = SkillDecoderServer(context=ctx, parameter_overrides=[
-            Parameter("models_dir", value=str(models)), Parameter("arm", value="fake"),
-            Parameter("control_period_s", value=0.05), Parameter("max_step_delta", value=0.002)])
+        dec = _fake_arm_decoder(ctx, models, control_period_s=0.05, max_step_delta=0.002)
         pol = SkillPolicyNode(context=ctx, parameter_overrides=[
             Parameter("models_dir", value=str(models)), Parameter("step_limit", value=400),
             Parameter("max_obs_age_s", value=1.0), Parameter("max_skew_s", value=1.0)])
-        sup = RewardResetSupervisor(context=ctx, parameter_overrides=[
-            Parameter("mode", value="real"), Parameter("task", value="microwave"), Parameter("num_episodes", value=0),
-            Parameter("settle_s", value=0.0), Parameter("max_camera_gap_s", value=1.5)])
+        sup = _real_supervisor(ctx, task="microwave", max_camera_gap_s=1.5)
         cam = rclpy.create_node("fake_camera", context=ctx)
         pub = cam.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
         events: list[EpisodeEvent] = []

@@ -67,8 +67,8 @@ class CameraEmbeddingNode(Node):
         self.seq = 0
         self.counters = collections.Counter()
         self.pub = self.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
-        # Sensor-data QoS (best effort, the newest frames), as ROS camera drivers publish: a frame lost is replaced
-        # by the next one, and this process stalling (CPU, a debugger) cannot hold up the camera's other readers.
+        # Sensor-data QoS (best effort, the newest frames), as ROS camera pipelines read: it matches reliable and
+        # best-effort drivers, a frame lost is replaced by the next one, and no acknowledgement waits on this process.
         subscribe(self, Image, self.p["image_topic"], self._on_image, qos_profile_sensor_data)
         self._worker = threading.Thread(target=self._work_loop, name="camera_embedding", daemon=True)
         self._worker.start()
