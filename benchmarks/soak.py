@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--fault-every", type=float, default=5.0, help="s between faults")
+    ap.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS), help="fault kinds, in rotation")
     ap.add_argument("--warmup-s", type=float, default=60.0, help="no faults and no memory baseline before this")
     ap.add_argument("--domain", type=int, default=77, help="private ROS domain of the soak")
     ap.add_argument("--log-dir", type=Path, default=ROOT / "runs" / "soak")
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             if rss0 and not rss_mid and now >= t_mid:
                 rss_mid = {p.pid: rss_mb(p.pid) for p in procs.values()}
             if now >= next_fault:
-                inject(FAULTS[k % len(FAULTS)])
+                inject(ns.faults[k % len(ns.faults)])
                 k += 1
                 next_fault = now + ns.fault_every
             for name, p in procs.items():
