@@ -274,6 +274,16 @@ def test_checkpoint_resume_restores_agent_buffer_counters_and_rngs(tmp_path):
         Learner(_agent(batch_size=64, learning_starts=32), tmp_path).resume()
 
 
+def test_a_run_directory_from_before_a_new_hyperparameter_still_resumes():
+    """A checkpoint written before a config field existed (utd_unit, session 5) resumes under that field's default
+    (the old behaviour), and is refused when this run sets the field otherwise."""
+    state = _agent().training_state()
+    del state["config"]["utd_unit"]
+    _agent().load_training_state(state)
+    with pytest.raises(ValueError, match="utd_unit"):
+        _agent(utd_unit="env_step").load_training_state(state)
+
+
 _CHECKPOINTER = textwrap.dedent("""
     import sys
     import numpy as np, torch

@@ -272,8 +272,12 @@ class HybridSkillSAC(nn.Module):
                 "critic_opt": self.critic_opt.state_dict(), "alpha_opt": self.alpha_opt.state_dict()}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        if state["config"] != asdict(self.cfg):
-            diff = {k: (v, state["config"].get(k)) for k, v in asdict(self.cfg).items() if state["config"].get(k) != v}
+        # A field added after the checkpoint was written takes its default, which by convention is the behaviour
+        # from before the field existed (e.g. utd_unit, added in session 5): an older run directory still resumes.
+        saved = {**asdict(SkillSACConfig()), **state["config"]}
+        if saved != asdict(self.cfg):
+            diff = {k: (v, saved.get(k)) for k, v in asdict(self.cfg).items() if saved.get(k) != v}
+            diff.update({k: (None, v) for k, v in saved.items() if k not in asdict(self.cfg)})
             raise ValueError(f"agent checkpoint was written with other hyperparameters (this run, checkpoint): {diff}")
         self.load_state_dict(state["model"])
         self.actor_opt.load_state_dict(state["actor_opt"])
