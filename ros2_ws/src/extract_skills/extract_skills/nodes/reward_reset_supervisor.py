@@ -244,7 +244,7 @@ class RewardResetSupervisor(Node):
         return beating and self._policy_listening()
 
     def _camera_ready(self, now: float) -> bool:
-        limit = self.p["max_camera_gap_s"] or 3.0
+        limit = self.p["max_camera_gap_s"] or DEFAULTS["max_camera_gap_s"]  # the gap check may be off (0)
         return self._last_frame is not None and now - self._last_frame <= limit
 
     def _try_reset(self, now: float) -> None:

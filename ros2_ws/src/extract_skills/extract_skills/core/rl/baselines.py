@@ -41,6 +41,8 @@ class FlatSACConfig:
 class FlatSAC(nn.Module):
     """SAC with automatic entropy tuning on a_t = [max_delta * tanh(u_1..7), (tanh(u_8) + 1) / 2]."""
 
+    BUFFERS = ("obs", "next_obs", "act_buf", "rew", "term")  # the replay ring's arrays, in checkpoints
+
     def __init__(self, obs_dim: int, cfg: FlatSACConfig | None = None, action_dim: int = 8) -> None:
         super().__init__()
         self.cfg = cfg or FlatSACConfig()
@@ -97,8 +99,7 @@ class FlatSAC(nn.Module):
         m = min(self.n, self.cfg.buffer_capacity)
         return {"modules": self.state_dict(), "actor_opt": self.actor_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
                 "alpha_opt": self.alpha_opt.state_dict(), "n": self.n,
-                "buffer": {k: torch.from_numpy(getattr(self, k)[:m].copy())
-                           for k in ("obs", "next_obs", "act_buf", "rew", "term")}}
+                "buffer": {k: torch.from_numpy(getattr(self, k)[:m].copy()) for k in self.BUFFERS}}
 
     def load_checkpoint(self, state: dict) -> None:
         """Inverse of :meth:`checkpoint`; a state of another observation size is a clear error, not a broadcast."""
@@ -111,7 +112,7 @@ class FlatSAC(nn.Module):
         self.q_opt.load_state_dict(state["q_opt"])
         self.alpha_opt.load_state_dict(state["alpha_opt"])
         m = buf["obs"].shape[0]
-        for k in ("obs", "next_obs", "act_buf", "rew", "term"):
+        for k in self.BUFFERS:
             getattr(self, k)[:m] = buf[k].numpy()
         self.n = int(state["n"])
 

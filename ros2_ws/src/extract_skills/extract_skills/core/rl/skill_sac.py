@@ -274,10 +274,10 @@ class HybridSkillSAC(nn.Module):
     def load_training_state(self, state: dict[str, Any]) -> None:
         # A field added after the checkpoint was written takes its default, which by convention is the behaviour
         # from before the field existed (e.g. utd_unit, added in session 5): an older run directory still resumes.
-        saved = {**asdict(SkillSACConfig()), **state["config"]}
-        if saved != asdict(self.cfg):
-            diff = {k: (v, saved.get(k)) for k, v in asdict(self.cfg).items() if saved.get(k) != v}
-            diff.update({k: (None, v) for k, v in saved.items() if k not in asdict(self.cfg)})
+        saved, current = {**asdict(SkillSACConfig()), **state["config"]}, asdict(self.cfg)
+        if saved != current:
+            diff = {k: (v, saved.get(k)) for k, v in current.items() if saved.get(k) != v}
+            diff.update({k: (None, v) for k, v in saved.items() if k not in current})
             raise ValueError(f"agent checkpoint was written with other hyperparameters (this run, checkpoint): {diff}")
         self.load_state_dict(state["model"])
         self.actor_opt.load_state_dict(state["actor_opt"])
