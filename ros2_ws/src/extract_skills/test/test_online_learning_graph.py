@@ -390,3 +390,26 @@ def test_camera_drop_out_ends_the_episode_and_the_running_skill_stops(models):
             assert dec.last_result.steps_executed < 400 and dec.arm.is_stationary()
         finally:
             dec.close()
+
+
+def test_destroying_the_decoder_and_policy_nodes_destroys_their_action_server_and_client(models):
+    """rclpy's Node.destroy_node() leaves action servers and clients to the garbage collector (finalised at a
+    random later moment, possibly inside another executor's wait); our nodes destroy theirs with the node."""
+    from rclpy._rclpy_pybind11 import InvalidHandle
+
+    from extract_skills.nodes.skill_policy_node import SkillPolicyNode
+
+    with RclpyContext() as ctx:
+        dec = _fake_arm_decoder(ctx, models)
+        pol = SkillPolicyNode(context=ctx, parameter_overrides=[Parameter("models_dir", value=str(models))])
+        handles = (dec.server._handle, pol.client._client_handle)
+        for handle in handles:
+            with handle:  # alive while the node is
+                pass
+        dec.close()
+        for node in (dec, pol):
+            node.destroy_node()
+        for handle in handles:
+            with pytest.raises(InvalidHandle):
+                with handle:
+                    pass

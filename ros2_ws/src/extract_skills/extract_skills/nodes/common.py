@@ -150,6 +150,16 @@ def steady_timer(node: Node, period_s: float, callback: Callable[[], None], **kw
     return node.create_timer(period_s, callback, clock=Clock(clock_type=ClockType.STEADY_TIME), **kwargs)
 
 
+def destroy_waitables(node: Node) -> None:
+    """Destroy the node's action servers and clients now. ``Node.destroy_node()`` leaves waitables to the
+    garbage collector, whose finalisers then run at an arbitrary later moment, possibly in the middle of another
+    executor's wait (a test process once died of a segfault while collecting inside ``spin_once``)."""
+    for waitable in list(node.waitables):
+        destroy = getattr(waitable, "destroy", None)
+        if destroy is not None:
+            destroy()
+
+
 def stamp_to_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 

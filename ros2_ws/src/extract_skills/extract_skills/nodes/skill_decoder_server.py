@@ -32,8 +32,8 @@ from extract_skills.core.control.safety import CheckedCommand, SafetyLimits, che
 from extract_skills.core.control.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
                                                 validate_goal)
 from extract_skills.graph import ACTION_EXECUTE_SKILL, SERVICES, TOPICS
-from extract_skills.nodes.common import (declare, joint_state_msg, models_dir, parse_joint_state, run_node, steady_timer,
-                                        subscribe)
+from extract_skills.nodes.common import (declare, destroy_waitables, joint_state_msg, models_dir, parse_joint_state,
+                                        run_node, steady_timer, subscribe)
 from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
 
 ARMS = ("sim", "franky", "fake")
@@ -435,6 +435,10 @@ class SkillDecoderServer(Node):
             self.arm.disconnect()
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f"disconnect failed: {exc}")
+
+    def destroy_node(self) -> None:
+        destroy_waitables(self)  # the action server: not destroyed by Node.destroy_node()
+        super().destroy_node()
 
 
 def main(args=None) -> None:

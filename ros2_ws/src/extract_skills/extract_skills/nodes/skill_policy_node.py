@@ -40,9 +40,9 @@ from extract_skills.core.rl.trainer import Learner, load_policy
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.graph import ACTION_EXECUTE_SKILL, HEARTBEAT, RERECORD, TOPICS
-from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, Monotonic, check_stamp, declare, models_dir,
-                                         parse_joint_state, run_node, sac_config, stamp_to_s, steady_timer, subscribe,
-                                         transition_msg)
+from extract_skills.nodes.common import (SAC_DEFAULTS, WEIGHTS_QOS, Monotonic, check_stamp, declare, destroy_waitables,
+                                         models_dir, parse_joint_state, run_node, sac_config, stamp_to_s, steady_timer,
+                                         subscribe, transition_msg)
 
 HEARTBEAT_TOPIC = HEARTBEAT
 
@@ -212,6 +212,10 @@ class SkillPolicyNode(Node):
                 self.learner.try_checkpoint({"skill_checkpoint": self.p["checkpoint"]})
         if self._tb is not None:
             self._tb.close()
+
+    def destroy_node(self) -> None:
+        destroy_waitables(self)  # the action client: not destroyed by Node.destroy_node()
+        super().destroy_node()
 
     # -------------------------------------------------------------------------- inputs
     def _on_embedding(self, msg: SkillEmbedding) -> None:

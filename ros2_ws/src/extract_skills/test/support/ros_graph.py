@@ -89,6 +89,9 @@ class RclpyContext:
     """A private rclpy context per test, shut down afterwards."""
 
     def __enter__(self) -> rclpy.context.Context:
+        import gc
+
+        gc.collect()  # earlier tests' garbage (those without this context manager) is finalised before we spin
         self.context = rclpy.context.Context()
         rclpy.init(context=self.context)
         return self.context
@@ -100,6 +103,8 @@ class RclpyContext:
 
         from rclpy.executors import Executor
         from rclpy.node import Node
+
+        from extract_skills.nodes.common import destroy_waitables
 
         # First stop the executors (their worker threads may still run callbacks), then the nodes.
         for obj in gc.get_objects():
@@ -114,11 +119,16 @@ class RclpyContext:
                 try:
                     if close:
                         close()
+                    destroy_waitables(obj)  # a test's own action clients too
                     obj.destroy_node()
                 except Exception:  # noqa: BLE001 - already destroyed or half-built
                     pass
         if self.context.ok():
             rclpy.shutdown(context=self.context)
+        # Finalise this test's garbage (rclpy handles in reference cycles) now, while no executor of any context
+        # spins, rather than at a random allocation inside the next test's spin_once: one CI run died of a
+        # segfault while collecting there.
+        gc.collect()
 
 
 def wait_for_decoder_process(executor: Executor, node, client, timeout_s: float = 90.0) -> bool:
