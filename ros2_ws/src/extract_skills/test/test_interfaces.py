@@ -152,6 +152,7 @@ def test_execute_skill_across_processes(action_server_process):
 
         # 1. Goal to completion with feedback every step.
         feedback = []
+        sent = node.get_clock().now()
         gh = wait_future(ex, client.send_goal_async(_goal(2, 5), feedback_callback=lambda f: feedback.append(f.feedback)))
         assert gh.accepted
         res = wait_future(ex, gh.get_result_async(), 30.0)
@@ -161,6 +162,8 @@ def test_execute_skill_across_processes(action_server_process):
         assert all(len(f.commanded_joint_positions) == 7 for f in feedback)
         assert all(0.0 <= f.commanded_gripper <= 1.0 for f in feedback)
         assert len(res.result.final_joint_positions) == 7
+        # the stamp of the arm state it ended in: a frame at least that new shows the arm after the skill
+        assert sent <= rclpy.time.Time.from_msg(res.result.final_stamp) <= node.get_clock().now()
 
         # 2. Cancel mid-skill.
         fb2 = []

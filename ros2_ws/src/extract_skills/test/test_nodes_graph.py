@@ -588,3 +588,88 @@ def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_
         with pytest.raises(ArmNetworkError, match="no joint state received"):
             first.read_state()
         assert time.monotonic() - t0 >= 0.5
+
+
+def test_policy_decides_on_the_frame_of_the_skills_last_step_and_never_on_an_older_one(models):
+    """The decoder's result carries the stamp of the arm state the skill ended in. The policy's next decision may use
+    a frame that new, which arrived before the result (the sim's frame of the last step), instead of waiting for
+    the next frame: under lockstep that comes only idle_ticks control periods later (~240 ms between skills in the
+    soak). A frame older than that stamp never starts a skill."""
+    import threading
+
+    from extract_msgs.action import ExecuteSkill
+    from rclpy.action import ActionServer
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.duration import Duration
+    from std_msgs.msg import Header
+
+    from extract_skills.core.sim.scripted_demos import REST_Q
+    from extract_skills.graph import ACTION_EXECUTE_SKILL
+    from extract_skills.nodes.common import joint_state_msg
+    from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC, SkillPolicyNode
+    from support.ros_graph import Every
+
+    with RclpyContext() as ctx:
+        pol = SkillPolicyNode(context=ctx, parameter_overrides=_params(
+            {"models_dir": str(models), "act_without_episode": True, "max_obs_age_s": 5.0, "max_skew_s": 5.0,
+             "step_limit": 5}))
+        test = rclpy.create_node("last_frame_test", context=ctx)
+        emb_pub = test.create_publisher(SkillEmbedding, TOPICS["embedding"], 10)
+        js_pub = test.create_publisher(JointState, TOPICS["joint_states"], 10)
+        test.create_subscription(Header, HEARTBEAT_TOPIC, lambda _m: None, 10)
+        commands: list[SkillCommand] = []
+        test.create_subscription(SkillCommand, TOPICS["skill_command"], commands.append, 10)
+        # the result's final_stamp relative to the frame each skill sends: the 2nd skill ends 1 ms after its frame
+        offsets_ns = [0, 1_000_000]
+        frames: list = []
+        executed: list = []
+
+        def frame():
+            m = SkillEmbedding(encoder_name=pol.bundle.meta.encoder_name, embedding=[0.1] * pol.bundle.meta.embed_dim)
+            m.header.stamp = test.get_clock().now().to_msg()
+            frames.append(m.header.stamp)
+            emb_pub.publish(m)
+            return m.header.stamp
+
+        def execute(handle):
+            # the "last step": its frame reaches the policy while the goal still runs, then the result
+            k = len(executed)
+            executed.append(k)
+            stamp = frame()
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and not (pol.embedding.value is not None
+                                                       and pol.embedding.value.header.stamp == stamp):
+                time.sleep(0.005)
+            handle.succeed()
+            res = ExecuteSkill.Result(success=True, steps_executed=5)
+            res.final_stamp = (rclpy.time.Time.from_msg(stamp) + Duration(nanoseconds=offsets_ns[k] if k < len(offsets_ns) else 0)).to_msg()
+            return res
+
+        server = ActionServer(test, ExecuteSkill, ACTION_EXECUTE_SKILL, execute,
+                              callback_group=ReentrantCallbackGroup())
+        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        ex.add_node(pol)
+        ex.add_node(test)
+        beat = Every(0.05)
+
+        def joints(pred):
+            if beat():
+                js_pub.publish(joint_state_msg(REST_Q, 1.0, test.get_clock().now().to_msg()))
+            return pred()
+
+        try:
+            assert spin_until(ex, lambda: joints(lambda: pol.client.server_is_ready()
+                                                 and pol.pub_hb.get_subscription_count() > 0), 15.0)
+            frame()  # one frame starts the first skill; from here on a frame is sent only inside a skill
+            assert spin_until(ex, lambda: joints(lambda: len(commands) >= 2), 20.0), \
+                f"{len(commands)} goal(s): the frame of the last step was not used for the next decision"
+            assert commands[1].header.stamp == frames[1], "decided on another frame than the last step's"
+            # the 2nd skill's result is stamped 1 ms after every frame the policy has: no decision until a new one
+            assert spin_until(ex, lambda: joints(lambda: len(executed) == 2 and not pol._in_flight), 10.0)
+            assert not spin_until(ex, lambda: joints(lambda: len(commands) > 2), 1.5), "acted on an older frame"
+            assert len(frames) == 3
+            frame()
+            assert spin_until(ex, lambda: joints(lambda: len(commands) > 2), 10.0)
+            assert commands[2].header.stamp == frames[3]
+        finally:
+            server.destroy()

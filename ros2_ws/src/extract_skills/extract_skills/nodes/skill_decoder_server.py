@@ -84,6 +84,7 @@ class TopicArm(Arm):
         self.fresh_state_timeout_s = fresh_state_timeout_s
         self.first_state_wait_s = first_state_wait_s
         self._state: ArmState | None = None
+        self.state_header_stamp = None  # the sim's stamp of _state (its camera frame of that step carries the same)
         self._sent_at: float | None = None  # monotonic time of the last command
         self._fresh = threading.Condition()
         self._pub = node.create_publisher(JointState, TOPICS["joint_commands"], 10)
@@ -98,6 +99,7 @@ class TopicArm(Arm):
             return
         with self._fresh:
             self._state = ArmState(q=q, dq=dq, gripper=g, stamp=time.monotonic())
+            self.state_header_stamp = msg.header.stamp
             self._fresh.notify_all()
 
     def connect(self) -> None:
@@ -357,6 +359,11 @@ class SkillDecoderServer(Node):
             out.final_gripper = float(self.arm.read_state().gripper)
         except Exception:  # noqa: BLE001
             out.final_gripper = float("nan")
+        # The sim stamps its camera frame and joint state of a step alike: the policy may decide on the frame of
+        # the skill's last step instead of waiting for one stamped after this result arrives (under lockstep the
+        # sim's next frame comes only after idle_ticks control periods). Other arms: this node's clock, now.
+        stamp = getattr(self.arm, "state_header_stamp", None)
+        out.final_stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
         if result.status is SkillStatus.SUCCEEDED:
             handle.succeed()
         elif result.status is SkillStatus.CANCELED and handle.is_cancel_requested:

@@ -392,6 +392,8 @@ class SkillPolicyNode(Node):
     def _on_result(self, future, seq: int) -> None:
         with self._goal_lock:
             self._result(future.result().result, seq)
+        if self.p["act_on_frame"]:
+            self._maybe_act()  # the frame of the skill's last step may be here already (see _result)
 
     def _result(self, res, seq: int) -> None:
         if not self._current(seq):
@@ -401,7 +403,10 @@ class SkillPolicyNode(Node):
             self.get_logger().warning(f"skill ended without success: {res.error}")
         self.assembler.skill_finished(res.steps_executed)
         self._goal_handle = None
-        self._skill_ended_at = self.get_clock().now()
+        # The decoder's stamp of the arm's state at the end: a frame at least that new shows the arm after the
+        # skill. An older decoder leaves it zero: then only a frame stamped after this result will do.
+        final = Time.from_msg(res.final_stamp)
+        self._skill_ended_at = final if final.nanoseconds > 0 else self.get_clock().now()
         self._in_flight = False
 
 
