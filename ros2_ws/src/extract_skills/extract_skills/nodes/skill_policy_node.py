@@ -11,8 +11,8 @@ Who chooses (d, z):
   ``learner: remote`` publishes the transitions and loads the weights a ``skill_learner`` node publishes.
   New weights are swapped in between skills, never during one.
 
-A goal is only sent on a fresh, finite, time-aligned observation stamped after the previous skill ended,
-while an episode runs; one goal at a time. A heartbeat lets the decoder stop the arm if this process dies.
+A goal is only sent on a fresh, finite, time-aligned observation stamped at or after the arm state the previous
+skill ended in (its result's ``final_stamp``), while an episode runs; one goal at a time. A heartbeat lets the decoder stop the arm if this process dies.
 """
 from __future__ import annotations
 
