@@ -60,14 +60,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "sample_efficiency")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sample_efficiency.json")
-    ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "sample_efficiency.png")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="default: benchmarks/results/sample_efficiency.json (task 0), sample_efficiency_task<T>.json")
+    ap.add_argument("--plot", type=Path, default=None, help="default: the JSON's path with .png")
     ap.add_argument("--ship-policy", type=Path, default=None,
                     help="copy the EXTRACT seed-0 agent checkpoint here (the main job's policy)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="tiny budgets for a CI smoke run")
     ap.add_argument("--aggregate-only", action="store_true", help="only rebuild the JSON/plot/table from results")
     a = ap.parse_args(argv)
+    # per task: a run on task 1 or 2 must not overwrite task 0's shipped figures (it did, by default)
+    if a.json is None:
+        a.json = ROOT / "benchmarks" / "results" / (
+            "sample_efficiency.json" if a.task_index == 0 else f"sample_efficiency_task{a.task_index}.json")
+    if a.plot is None:
+        a.plot = a.json.with_suffix(".png")
     if a.quick:
         a.env_steps, a.eval_every, a.eval_episodes, a.episode_steps, a.seeds = 120, 60, 1, 60, [0]
     return a
