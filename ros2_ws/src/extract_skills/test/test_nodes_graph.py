@@ -594,7 +594,7 @@ def test_policy_decides_on_the_frame_of_the_skills_last_step_and_never_on_an_old
     """The decoder's result carries the stamp of the arm state the skill ended in. The policy's next decision may use
     a frame that new, which arrived before the result (the sim's frame of the last step), instead of waiting for
     the next frame: under lockstep that comes only idle_ticks control periods later (~240 ms between skills in the
-    soak). A frame older than that stamp never starts a skill."""
+    soak). A frame older than that stamp never starts a skill; a stamp ahead of the policy's clock counts as "now"."""
     import threading
 
     from extract_msgs.action import ExecuteSkill
@@ -619,8 +619,9 @@ def test_policy_decides_on_the_frame_of_the_skills_last_step_and_never_on_an_old
         test.create_subscription(Header, HEARTBEAT_TOPIC, lambda _m: None, 10)
         commands: list[SkillCommand] = []
         test.create_subscription(SkillCommand, TOPICS["skill_command"], commands.append, 10)
-        # the result's final_stamp relative to the frame each skill sends: the 2nd skill ends 1 ms after its frame
-        offsets_ns = [0, 1_000_000]
+        # the result's final_stamp relative to the frame each skill sends: the 2nd skill ends 1 ms after its frame,
+        # the 3rd an hour ahead of every clock (a bad stamp: it must not stall the policy until then)
+        offsets_ns = [0, 1_000_000, 3600 * 10**9]
         frames: list = []
         executed: list = []
 
@@ -671,5 +672,11 @@ def test_policy_decides_on_the_frame_of_the_skills_last_step_and_never_on_an_old
             frame()
             assert spin_until(ex, lambda: joints(lambda: len(commands) > 2), 10.0)
             assert commands[2].header.stamp == frames[3]
+            # the 3rd skill's stamp is an hour ahead: treated as "now", so the next frame starts the next skill
+            assert spin_until(ex, lambda: joints(lambda: len(executed) == 3 and not pol._in_flight), 10.0)
+            assert not spin_until(ex, lambda: joints(lambda: len(commands) > 3), 1.0), "acted on an older frame"
+            frame()
+            assert spin_until(ex, lambda: joints(lambda: len(commands) > 3), 10.0), "a future final_stamp stalled it"
+            assert commands[3].header.stamp == frames[5]
         finally:
             server.destroy()

@@ -12,7 +12,8 @@ Who chooses (d, z):
   New weights are swapped in between skills, never during one.
 
 A goal is only sent on a fresh, finite, time-aligned observation stamped at or after the arm state the previous
-skill ended in (its result's ``final_stamp``), while an episode runs; one goal at a time. A heartbeat lets the decoder stop the arm if this process dies.
+skill ended in (its result's ``final_stamp``), while an episode runs; one goal at a time. A heartbeat lets the
+decoder stop the arm if this process dies.
 """
 from __future__ import annotations
 
@@ -404,9 +405,15 @@ class SkillPolicyNode(Node):
         self.assembler.skill_finished(res.steps_executed)
         self._goal_handle = None
         # The decoder's stamp of the arm's state at the end: a frame at least that new shows the arm after the
-        # skill. An older decoder leaves it zero: then only a frame stamped after this result will do.
-        final = Time.from_msg(res.final_stamp)
-        self._skill_ended_at = final if final.nanoseconds > 0 else self.get_clock().now()
+        # skill. Zero (an older decoder) or ahead of our clock (a skewed or bad stamp would stall every decision
+        # until our clock caught up): then only a frame stamped after this result will do, as before.
+        now = self.get_clock().now()
+        try:
+            check_stamp(res.final_stamp)
+            final = Time.from_msg(res.final_stamp)
+        except ValueError:
+            final = now
+        self._skill_ended_at = final if 0 < final.nanoseconds <= now.nanoseconds else now
         self._in_flight = False
 
 
