@@ -13,9 +13,14 @@ only with arm:=fake (tests cover it).
 Measured from the outside (a ROS node in this process plus /proc):
   episodes      SUCCESS/FAILURE/TRUNCATED events
   node deaths   processes that exited without being killed by the soak
-  ticks dropped per goal, consecutive action feedback more than 1.5 control periods apart (one per missing step)
+  ticks dropped per goal, consecutive action feedback more than 1.5 control periods apart (one per missing step),
+                as this process receives it; and as the decoder sent it (its /diagnostics: the same rule on its
+                own clock, with the loop phase the late intervals spent their time in), which no slow observer
+                can inflate
+  CPU           each process's CPU time over the measured window (/proc/<pid>/stat), as a share of one core
   memory        RSS of each process after the warm-up vs at the end
-  skill gap     last feedback of one goal -> first feedback of the next (< 2 s apart: same episode)
+  skill gap     last feedback of one goal -> first feedback of the next (< 2 s apart), split by whether an
+                episode event (end, reset, start) came in between: those are not a decision's latency
   frame -> goal camera image arrival here -> arrival of the SkillCommand carrying that image's stamp (the goal is
                 sent right after the command is published)
 
@@ -59,6 +64,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (nan once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def start(name: str, log_dir: Path, extra: list[str]) -> subprocess.Popen:
     args = [sys.executable, "-m", NODES[name], "--ros-args", "-r", f"__node:={name}",
             "--params-file", str(PKG / "config/sim.yaml"), *extra]
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding
     from rclpy.action import ActionClient
     from rclpy.executors import MultiThreadedExecutor
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Header
@@ -107,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("soak")
     ex = MultiThreadedExecutor(num_threads=2)
     ex.add_node(node)
-    stats = {"episodes": 0, "gaps": [], "frame_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
+    stats = {"episodes": 0, "gaps": [], "gaps_across_events": [], "frame_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
              "ends": {}, "stream_gaps": {"image": [], "joint_state": [], "embedding": []}}
     last_seen: dict[str, float] = {}
     last_fault = {"kind": "", "t": 0.0}
@@ -120,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             stats["stream_gaps"][stream].append((round(now - t, 1), last_fault["kind"], round(now - last_fault["t"], 1)))
         last_seen[stream] = now
     last_fb: dict[bytes, tuple[float, int]] = {}  # goal id -> (arrival, step)
-    state = {"goal": None, "prev_goal_end": None, "current": None}
+    state = {"goal": None, "prev_goal_end": None, "current": None, "last_event_t": 0.0}
 
     def on_feedback(msg) -> None:
         now = time.monotonic()
@@ -134,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         else:  # first command of a new goal
             prev = state["current"]
             if prev is not None and prev in last_fb and now - last_fb[prev][0] < 2.0:
-                stats["gaps"].append(now - last_fb[prev][0])
+                across = state["last_event_t"] > last_fb[prev][0]  # an episode ended/reset/started in between
+                stats["gaps_across_events" if across else "gaps"].append(now - last_fb[prev][0])
             state["current"] = gid
             state["goal"] = msg.goal_id
         last_fb[gid] = (now, msg.feedback.step)
@@ -152,7 +168,30 @@ def main(argv: list[str] | None = None) -> int:
         if t is not None and msg.policy != SkillCommand.POLICY_OPERATOR:
             stats["frame_to_goal"].append(time.monotonic() - t)  # the command carries its frame's stamp
 
+    # The decoder's own counters (cumulative per process); a killed decoder's last published values are kept.
+    decoder = {"acc": {}, "last": {}}
+    DEC_KEYS = ("commands_sent", "ticks_dropped", "late_feedback_s", "late_wake_s", "late_state_s", "late_decode_s",
+                "late_send_s")
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if "skill_decoder" not in st.name:
+                continue
+            kv = {k.key: k.value for k in st.values}
+            try:
+                vals = {k: float(kv[k]) for k in DEC_KEYS}
+            except (KeyError, ValueError):
+                return
+            last = decoder["last"]
+            if last and vals["commands_sent"] < last["commands_sent"]:  # a restarted decoder counts from 0
+                decoder["acc"] = {k: decoder["acc"].get(k, 0.0) + last[k] for k in DEC_KEYS}
+            decoder["last"] = vals
+
+    def decoder_totals() -> dict[str, float]:
+        return {k: decoder["acc"].get(k, 0.0) + decoder["last"].get(k, 0.0) for k in DEC_KEYS}
+
     def on_event(msg: EpisodeEvent) -> None:
+        state["last_event_t"] = time.monotonic()
         if msg.event in (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE, EpisodeEvent.TRUNCATED):
             stats["episodes"] += 1
             why = re.sub(r"\d+(\.\d+)?", "N", msg.detail)  # one row per reason, not per number in it
@@ -164,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     node.create_subscription(JointState, TOPICS["joint_states"], lambda _m: seen("joint_state"), 10)
     node.create_subscription(SkillEmbedding, TOPICS["embedding"], lambda _m: seen("embedding"), 10)
     node.create_subscription(EpisodeEvent, TOPICS["episode_event"], on_event, 50)
+    node.create_subscription(DiagnosticArray, TOPICS["diagnostics"], on_diag, 50)
     cancel = node.create_client(CancelGoal, "/execute_skill/_action/cancel_goal")
     client = ActionClient(node, ExecuteSkill, "/execute_skill")
     junk_pubs = {"js": node.create_publisher(JointState, TOPICS["joint_states"], 10),
@@ -205,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     t_end = t0 + ns.warmup_s + 60.0 * ns.minutes
+    cpu0: dict[str, tuple[int, float]] = {}  # name -> (pid, CPU s) at the end of the warm-up
+    t_cpu0, dec0, own_cpu0 = t0, {}, 0.0
     rss0: dict[int, float] = {}
     rss_mid: dict[int, float] = {}  # halfway through the measured window: does growth level off?
     t_mid = t0 + ns.warmup_s + 30.0 * ns.minutes
@@ -216,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             now = time.monotonic()
             if not rss0 and now - t0 >= ns.warmup_s:
                 rss0 = {p.pid: rss_mb(p.pid) for p in procs.values()}
-                stats.update(gaps=[], frame_to_goal=[], ticks_dropped=0, episodes=0)  # measure after warm-up
+                cpu0 = {name: (p.pid, cpu_s(p.pid)) for name, p in procs.items()}
+                t_cpu0, dec0, own_cpu0 = time.monotonic(), decoder_totals(), time.process_time()
+                stats.update(gaps=[], gaps_across_events=[], frame_to_goal=[], ticks_dropped=0, feedback=0,
+                             episodes=0)  # measure after warm-up
             if rss0 and not rss_mid and now >= t_mid:
                 rss_mid = {p.pid: rss_mb(p.pid) for p in procs.values()}
             if now >= next_fault:
@@ -227,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
                 if p.poll() is not None and p.pid not in killed_pids and name not in deaths:
                     deaths.append(name)
         rss1 = {p.pid: rss_mb(p.pid) for p in procs.values()}
+        window_s = time.monotonic() - t_cpu0
+        # a process restarted in the window (the decoder) has no baseline: not measured
+        cpu = {name: (cpu_s(p.pid) - cpu0[name][1]) / window_s * 100.0 for name, p in procs.items()
+               if name in cpu0 and cpu0[name][0] == p.pid}
+        cpu["soak (this process)"] = (time.process_time() - own_cpu0) / window_s * 100.0 if own_cpu0 else float("nan")
+        dec = {k: v - dec0.get(k, 0.0) for k, v in decoder_totals().items()}
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -253,7 +304,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(f'{g} ({k}, {dt})' for g, k, dt in sg[:12])}{' ...' if len(sg) > 12 else ''} |")
     print(f"| faults injected | {', '.join(f'{k} {v}' for k, v in stats['faults'].items())} |")
     print(f"| node deaths (not killed by the soak) | {len(deaths)}{' (' + ', '.join(deaths) + ')' if deaths else ''} |")
-    print(f"| command ticks dropped (of {stats['feedback']} sent) | {stats['ticks_dropped']} |")
+    print(f"| command ticks dropped, feedback as received here (of {stats['feedback']}) | {stats['ticks_dropped']} |")
+    late = ", ".join(f"{k[5:-2]} {dec[k]:.1f}" for k in DEC_KEYS[2:])
+    print(f"| command ticks dropped, as the decoder sent them (of {dec.get('commands_sent', 0):.0f}; a killed "
+          f"decoder's last second is lost) | {dec.get('ticks_dropped', 0):.0f} |")
+    print(f"| decoder: time of the late intervals by loop phase (s) | {late} |")
+    print("| CPU over the window (% of one core; the machine has " + f"{os.cpu_count()} cores) | "
+          + ", ".join(f"{n} {c:.0f}" for n, c in cpu.items()) + f"; total {np.nansum(list(cpu.values())):.0f} |")
     print("| memory growth after warm-up, per process | "
           + ", ".join(f"{n} {g:+.1f}%" for n, g in growth.items()) + " (decoder: its last instance, if restarted: not measured) |")
     print("| memory growth, first half / second half of the window | "
@@ -261,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| RSS after warm-up -> end (MB) | "
           + ", ".join(f"{n} {rss0[p.pid]:.0f} -> {rss1[p.pid]:.0f}" for n, p in procs.items() if p.pid in rss0) + " |")
     print(f"| skill-to-skill gap p50 / p99 (ms, n={len(gaps)}) | {pct(gaps, 50):.0f} / {pct(gaps, 99):.0f} |")
+    across = np.asarray(stats["gaps_across_events"]) * 1e3
+    print(f"| gaps with an episode event in between, p50 / max (ms, n={len(across)}; not in the row above) | "
+          f"{pct(across, 50):.0f} / {np.max(across) if len(across) else float('nan'):.0f} |")
     print(f"| frame -> goal p50 / p99 (ms, n={len(f2g)}) | {pct(f2g, 50):.0f} / {pct(f2g, 99):.0f} |")
     return 0 if not deaths else 1
 

@@ -237,6 +237,7 @@ def test_decoder_latches_a_reflex_refuses_goals_and_home_until_cleared(tmp_path)
             h = wait_future(ex, client.send_goal_async(goal))
             r = wait_future(ex, h.get_result_async()).result
             assert not r.success and "reflex" in dec.last_result.fault.value
+            sent_by_goals = r.steps_executed
             assert spin_until(ex, lambda: faults[-1].startswith("reflex"), 5.0), faults
             h = wait_future(ex, client.send_goal_async(goal))
             assert not h.accepted  # refused while latched
@@ -254,5 +255,13 @@ def test_decoder_latches_a_reflex_refuses_goals_and_home_until_cleared(tmp_path)
             assert h.accepted
             r = wait_future(ex, h.get_result_async()).result
             assert r.success, r.error
+            # the result carries the sender's missed-tick count; /diagnostics totals commands and misses
+            assert r.ticks_dropped == dec.last_result.ticks_dropped
+            sent_by_goals += r.steps_executed
+            total = str(sent_by_goals)
+            assert spin_until(ex, lambda: any(
+                any(kv.key == "commands_sent" and kv.value == total for kv in st.values)
+                and any(kv.key == "ticks_dropped" for kv in st.values)
+                and any(kv.key == "late_state_s" for kv in st.values) for st in diags), 10.0), total
         finally:
             dec.close()

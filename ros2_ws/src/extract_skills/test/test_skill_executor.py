@@ -116,6 +116,34 @@ def test_normal_run_succeeds_and_tracks():
     assert arm.commands[0].gripper == 0.5
 
 
+def test_missed_control_ticks_are_counted_at_the_sender_and_blamed_on_the_phase_that_took_the_time():
+    arm, ex, clock = make()
+
+    def slow_decoder(n):  # step 4's output takes 2.2 periods; every other step is instant
+        for i, out in enumerate(actions(n)):
+            if i == 3:
+                clock.t += 2.2 * 0.08
+            yield out
+
+    late_wake = {"n": 0}
+
+    def sleep(s):  # the 7th sleep returns 1.1 periods late (a core busy elsewhere)
+        late_wake["n"] += 1
+        clock.t += s + (1.1 * 0.08 if late_wake["n"] == 7 else 0.0)
+
+    ex.sleep = sleep
+    res = ex.run(slow_decoder(10))
+    assert res.success and res.steps_executed == 10
+    # steps 3 -> 4: 3.2 periods apart (2 ticks missed); the late wake: 2.1 periods (1 missed)
+    assert res.ticks_dropped == 3
+    assert res.late_phase_s["decode"] == pytest.approx(2.2 * 0.08)
+    assert res.late_phase_s["wake"] == pytest.approx(1.1 * 0.08)
+    assert res.late_phase_s["state"] == res.late_phase_s["send"] == res.late_phase_s["feedback"] == 0.0
+    ex.sleep = clock.sleep
+    res = ex.run(actions(10))  # paced on time: nothing missed, nothing carried over from the last skill
+    assert res.ticks_dropped == 0 and sum(res.late_phase_s.values()) == 0.0
+
+
 def test_step_limit_truncates():
     arm, ex, _ = make(config=ExecutorConfig(max_steps=5))
     res = ex.run(actions(50))

@@ -29,8 +29,8 @@ from extract_skills.core.skills.checkpoint import CODE_VERSION
 from extract_skills.core.skills.deployment import load_deployment_bundle
 from extract_skills.core.skills.encoders import file_sha256
 from extract_skills.core.control.safety import CheckedCommand, SafetyLimits, check_command, check_dynamics_factor
-from extract_skills.core.control.skill_executor import (ExecutorConfig, GoalRejectedError, SkillExecutor, SkillStatus,
-                                                validate_goal)
+from extract_skills.core.control.skill_executor import (ExecutorConfig, GoalRejectedError, LoopTiming, SkillExecutor,
+                                                        SkillStatus, validate_goal)
 from extract_skills.graph import ACTION_EXECUTE_SKILL, SERVICES, TOPICS
 from extract_skills.nodes.common import (declare, destroy_waitables, joint_state_msg, models_dir, parse_joint_state,
                                         run_node, steady_timer, subscribe)
@@ -200,6 +200,8 @@ class SkillDecoderServer(Node):
         # Health for operators and tools (`ros2 topic echo /diagnostics`, rqt_robot_monitor): a client of the
         # action only learns "rejected"; the reason, the fault state and the arm's connection are here.
         self.health = {"goals_accepted": 0, "goals_rejected": 0, "last_rejection": "", "last_result": ""}
+        # skill commands sent and control ticks missed since start, and where late intervals' time went
+        self.timing = {"commands_sent": 0, "ticks_dropped": 0, **{f"late_{k}_s": 0.0 for k in LoopTiming.PHASES}}
         self.skill_gaps: deque[float] = deque(maxlen=2000)  # s between consecutive skills' commands
         self._last_command_t: float | None = None
         self.pub_diag = self.create_publisher(DiagnosticArray, TOPICS["diagnostics"], 10)
@@ -354,6 +356,15 @@ class SkillDecoderServer(Node):
         self._record_fault(result)
         out.success, out.error = result.success, result.error
         out.steps_executed, out.clipped_steps = result.steps_executed, result.clipped_count
+        out.ticks_dropped = result.ticks_dropped
+        self.timing["commands_sent"] += result.steps_executed
+        self.timing["ticks_dropped"] += result.ticks_dropped
+        for k, v in result.late_phase_s.items():
+            self.timing[f"late_{k}_s"] += v
+        if result.ticks_dropped:
+            late = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in result.late_phase_s.items() if v >= 5e-4)
+            self.get_logger().warning(f"skill missed {result.ticks_dropped} control tick(s) of "
+                                      f"{result.steps_executed}; late intervals spent: {late}")
         out.final_joint_positions = [float(x) for x in result.final_q]
         try:
             out.final_gripper = float(self.arm.read_state().gripper)
@@ -401,7 +412,8 @@ class SkillDecoderServer(Node):
         values = {"arm": self._arm_kind, "fault": "" if latched is None else f"{latched.fault.value}: {latched.error}",
                   "realtime": self.p["realtime"], "checkpoint": self.p["checkpoint"],
                   **self._versions,
-                  **{k: str(v) for k, v in self.health.items()}}
+                  **{k: str(v) for k, v in self.health.items()},
+                  **{k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in self.timing.items()}}
         if self.skill_gaps:
             gaps = np.asarray(self.skill_gaps) * 1e3
             values["skill_gap_ms_p50"], values["skill_gap_ms_p99"] = (f"{np.percentile(gaps, q):.1f}" for q in (50, 99))

@@ -23,7 +23,7 @@ import enum
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -134,6 +134,42 @@ class SkillResult:
     clipped_count: int  # steps whose command the safety function changed
     fault: Fault = Fault.NONE
     truncated: bool = False  # SUCCEEDED because the step limit ended the skill, not the decoder
+    ticks_dropped: int = 0  # control periods missed: consecutive commands more than 1.5 periods apart
+    late_phase_s: dict[str, float] = field(default_factory=dict)  # LoopTiming.PHASES -> s, over late intervals
+
+
+class LoopTiming:
+    """Where the time between two commands goes, for the commands that came late.
+
+    An interval between consecutive sends longer than 1.5 periods drops ``round(interval / period) - 1`` ticks
+    (the soak's measure, taken here at the sender, so a slow observer cannot add any). The interval is split
+    into the phases of the loop: ``feedback`` (after the previous send), ``wake`` (how late the sleep returned
+    past its tick), ``state`` (watchdogs and reading the arm: under the kitchen's lockstep this waits for the
+    sim's physics step), ``decode`` (the decoder's next output) and ``send`` (safety check and publish); the
+    phases of late intervals are summed, so a result says which one ate the period."""
+
+    PHASES = ("feedback", "wake", "state", "decode", "send")
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.ticks_dropped = 0
+        self.late_phase_s = dict.fromkeys(self.PHASES, 0.0)
+        self._last_send: float | None = None
+        self._pending = dict.fromkeys(self.PHASES, 0.0)  # phases of the interval in progress
+
+    def add(self, phase: str, seconds: float) -> None:
+        self._pending[phase] += max(0.0, seconds)
+
+    def sent(self, t: float) -> None:
+        """A command left at ``t``: close the interval since the previous one."""
+        if self._last_send is not None and self.period_s > 0:
+            interval = t - self._last_send
+            if interval > 1.5 * self.period_s:
+                self.ticks_dropped += int(round(interval / self.period_s)) - 1
+                for k, v in self._pending.items():
+                    self.late_phase_s[k] += v
+        self._last_send = t
+        self._pending = dict.fromkeys(self.PHASES, 0.0)
 
 
 @dataclass(frozen=True)
@@ -198,6 +234,7 @@ class SkillExecutor:
         self.config = config or ExecutorConfig()
         self.clock = clock
         self.sleep = sleep
+        self.timing = LoopTiming(self.config.period_s)  # of the skill running or last run
         self.state: ArmState | None = None  # the arm state measured this step, before the decoder is asked
 
     def proprio(self) -> np.ndarray:
@@ -236,6 +273,7 @@ class SkillExecutor:
         clipped = 0
         it = iter(actions)
         next_tick = t_start
+        self.timing = timing = LoopTiming(cfg.period_s)
         self.arm.set_dynamics_factor(dynamics_factor)  # raises before anything moves if it is invalid
         try:
             while True:
@@ -244,7 +282,7 @@ class SkillExecutor:
                 reason = is_preempted()
                 if reason:
                     raise _Exit(SkillStatus.ABORTED, Fault.PREEMPTED, f"preempted: {reason}")
-                now = self.clock()
+                now = t_top = self.clock()
                 if heartbeat is not None:
                     age = now - float(heartbeat())
                     if not age <= cfg.heartbeat_timeout_s:  # also catches NaN
@@ -260,12 +298,16 @@ class SkillExecutor:
                 age = self.clock() - state.stamp
                 if not age <= cfg.state_max_age_s:
                     raise _Exit(SkillStatus.ABORTED, Fault.STALE_STATE, f"arm state is {age:.3f} s old")
+                t_state = self.clock()
+                timing.add("state", t_state - t_top)
                 try:
                     out = next(it)
                 except StopIteration:
                     return self._finish(SkillStatus.SUCCEEDED, Fault.NONE, "", steps, clipped)
                 except Exception as exc:  # decoder crashed: the arm must still stop
                     raise _Exit(SkillStatus.ABORTED, Fault.DECODER, f"decoder raised {type(exc).__name__}: {exc}") from exc
+                t_decoded = self.clock()
+                timing.add("decode", t_decoded - t_state)
                 action, progress = self._parse(out)
                 try:
                     if q_start is None:
@@ -277,16 +319,22 @@ class SkillExecutor:
                 if cmd.clipped:
                     clipped += 1
                 self.arm.send(cmd)
+                t_sent = self.clock()
+                timing.add("send", t_sent - t_decoded)
+                timing.sent(t_sent)
                 steps += 1
                 if feedback is not None:
                     feedback(steps, progress, np.array(cmd.q))
                 if cfg.period_s > 0:
                     next_tick += cfg.period_s
-                    delay = next_tick - self.clock()
+                    t_fb = self.clock()
+                    timing.add("feedback", t_fb - t_sent)
+                    delay = next_tick - t_fb
                     if delay > 0:
                         self.sleep(delay)
+                        timing.add("wake", self.clock() - next_tick)
                     else:
-                        next_tick = self.clock()  # overran: do not try to catch up
+                        next_tick = t_fb  # overran: do not try to catch up
         except _Exit as ex:
             logger.warning("skill %s: %s", ex.status.value, ex.error)
             return self._finish(ex.status, ex.fault, ex.error, steps, clipped, stop=ex.stop)
@@ -348,4 +396,6 @@ class SkillExecutor:
             clipped_count=clipped,
             fault=fault,
             truncated=truncated,
+            ticks_dropped=self.timing.ticks_dropped,
+            late_phase_s={k: round(v, 6) for k, v in self.timing.late_phase_s.items()},
         )
