@@ -15,9 +15,10 @@ evaluation episodes with fixed seeds, at every ``--eval-every`` env steps.
 Resumable: every (method, seed) writes ``<out-dir>/<method>_s<seed>.json`` when done and is skipped on a rerun;
 EXTRACT / SPiRL runs also checkpoint (agent + replay buffer) under ``<out-dir>/<method>_s<seed>/``.
 
-    python benchmarks/sample_efficiency.py --threads 1          # the full table (see RESULTS.md for timing)
-    python benchmarks/sample_efficiency.py --quick              # CI smoke: tiny budgets
-    python benchmarks/sample_efficiency.py --methods sac --seeds 1 &   # one process per core, same out dir;
+    python benchmarks/sample_efficiency.py                      # the full table: --jobs 2 worker processes of
+                                                                # one thread, longest runs first (RESULTS.md: timing)
+    python benchmarks/sample_efficiency.py --quick              # CI smoke: tiny budgets, one process
+    python benchmarks/sample_efficiency.py --methods sac --seeds 1 &   # or by hand, one process per core, same out dir;
     python benchmarks/sample_efficiency.py --aggregate-only            # then the table, JSON and plot
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ros2_ws" / "src" / "extract_skills"))
 
 METHODS = ("extract", "spirl", "sac", "bc")
+BY_COST = ("sac", "extract", "spirl", "bc")  # longest runs first, so parallel workers finish together
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ship-policy", type=Path, default=None,
                     help="copy the EXTRACT seed-0 agent checkpoint here (the main job's policy)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="worker processes sharing the runs (each --threads); 1: run them in this process "
+                         "(default: 2 where there are 2 cores, 1 with --quick)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs child: runs, no aggregate
     ap.add_argument("--quick", action="store_true", help="tiny budgets for a CI smoke run")
     ap.add_argument("--aggregate-only", action="store_true", help="only rebuild the JSON/plot/table from results")
     a = ap.parse_args(argv)
@@ -77,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.plot = a.json.with_suffix(".png")
     if a.quick:
         a.env_steps, a.eval_every, a.eval_episodes, a.episode_steps, a.seeds = 120, 60, 1, 60, [0]
+        a.jobs = 1 if a.jobs is None else a.jobs
+    if a.jobs is None:
+        a.jobs = min(2, os.cpu_count() or 1)
     return a
 
 
@@ -302,37 +312,53 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_all(args) -> None:
+    """Every (method, seed) not yet done and not claimed by another process, longest methods first."""
+    for m in sorted(args.methods, key=BY_COST.index):
+        for s in args.seeds:
+            out = args.out_dir / f"{m}_s{s}.json"
+            if out.is_file():
+                print(f"[{m} s{s}] done before, skipping")
+                continue
+            # several processes may share the out dir (--jobs, or one per core with --seeds N): claim the run
+            claim = args.out_dir / f"{m}_s{s}.running"
+            try:
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                print(f"[{m} s{s}] another process runs it (delete {claim} if that process died; a flat SAC "
+                      f"run then resumes from its checkpoint), skipping")
+                continue
+            t0 = time.time()
+            print(f"[{m} s{s}] running", flush=True)
+            res = (run_skill_agent(args, m, s) if m in ("extract", "spirl") else
+                   run_flat_sac(args, s) if m == "sac" else run_bc(args, s))
+            res.setdefault("seconds", round(time.time() - t0, 1))
+            out.write_text(json.dumps(res, indent=1))
+            claim.unlink()
+            print(f"[{m} s{s}] {res['mean_subtasks']} in {res['seconds']} s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
     logging.basicConfig(level=logging.WARNING)
     import torch
 
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
-    if not args.aggregate_only:
-        for m in args.methods:
-            for s in args.seeds:
-                out = args.out_dir / f"{m}_s{s}.json"
-                if out.is_file():
-                    print(f"[{m} s{s}] done before, skipping")
-                    continue
-                # several processes may share the out dir (e.g. one per core with --seeds N): claim the run
-                claim = args.out_dir / f"{m}_s{s}.running"
-                try:
-                    os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    print(f"[{m} s{s}] another process runs it (delete {claim} if that process died; a flat SAC "
-                          f"run then resumes from its checkpoint), skipping")
-                    continue
-                t0 = time.time()
-                print(f"[{m} s{s}] running", flush=True)
-                res = (run_skill_agent(args, m, s) if m in ("extract", "spirl") else
-                       run_flat_sac(args, s) if m == "sac" else run_bc(args, s))
-                res.setdefault("seconds", round(time.time() - t0, 1))
-                out.write_text(json.dumps(res, indent=1))
-                claim.unlink()
-                print(f"[{m} s{s}] {res['mean_subtasks']} in {res['seconds']} s", flush=True)
+    if not args.aggregate_only and args.jobs > 1 and not args.worker:
+        # the same command as workers (the last --jobs wins in argparse); their prints carry [method sN]
+        workers = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *raw, "--worker", "--jobs", "1"])
+                   for _ in range(args.jobs)]
+        failed = [w.args for w in workers if w.wait() != 0]
+        if failed:
+            print(f"{len(failed)} worker(s) failed: the runs they held are not done (rerun to resume)", file=sys.stderr)
+            return 1
+    elif not args.aggregate_only:
+        run_all(args)
+    if args.worker:
+        return 0
     result = aggregate(args)
     result["wall_clock_s"] = round(time.time() - t_all, 1)
     result["seconds_per_run"] = {f"{m}_s{s}": json.loads((args.out_dir / f"{m}_s{s}.json").read_text()).get("seconds")

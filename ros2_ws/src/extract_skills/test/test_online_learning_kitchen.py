@@ -51,16 +51,19 @@ def test_short_seeded_run_raises_mean_return_over_the_prior_policy(tmp_path):
 
 
 def test_sample_efficiency_benchmark_quick_mode_runs_every_method(tmp_path):
-    """CI smoke of benchmarks/sample_efficiency.py: every method trains/evaluates on tiny budgets."""
+    """CI smoke of benchmarks/sample_efficiency.py: every method trains/evaluates on tiny budgets, shared by two
+    worker processes (the full benchmark's default), and the table aggregates all of them."""
     import json
     import subprocess
     import sys
 
     root = default_models_dir().parent
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "sample_efficiency.py"), "--quick",
-                          "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+                          "--jobs", "2", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for m in ("extract", "spirl", "sac", "bc"):
         res = json.loads((tmp_path / f"{m}_s0.json").read_text())
         assert res["steps"][0] == 0 and len(res["steps"]) == len(res["mean_subtasks"]) >= 2, (m, res)
     assert "| extract | 1 |" in out.stdout and "| spirl | 1 |" in out.stdout
+    assert not list(tmp_path.glob("*.running"))  # every claim released
+    assert out.stdout.count("] running\n") == 4  # each run by exactly one worker
