@@ -515,8 +515,9 @@ def test_heartbeat_and_diagnostics_keep_their_rate_while_the_sim_clock_stands_st
 
 def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_step():
     """The sim twin in lockstep: a burst of commands gets exactly one physics step each, in order (free-running,
-    commands faster than the ticks were overwritten); the decoder's TopicArm reads, after a command, only a
-    state from after it, and a sim that stops answering is an ArmNetworkError, not a stale state."""
+    commands faster than the ticks were overwritten), each with a camera frame stamped like its state (rendered
+    after the state is out); the decoder's TopicArm reads, after a command, only a state from after it, and a
+    sim that stops answering is an ArmNetworkError, not a stale state."""
     from extract_skills.core.control.arm import ArmNetworkError
     from extract_skills.core.control.safety import SafetyLimits, check_command
     from extract_skills.nodes.common import joint_state_msg
@@ -532,6 +533,8 @@ def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_
         test = rclpy.create_node("lockstep_test", context=ctx)
         states: list = []
         test.create_subscription(JointState, TOPICS["joint_states"], states.append, 100)
+        images: list = []
+        test.create_subscription(Image, TOPICS["image"], images.append, 100)
         arm = TopicArm(test, limits, fresh_state_timeout_s=10.0)
         pub = test.create_publisher(JointState, TOPICS["joint_commands"], 100)
         ex = MultiThreadedExecutor(num_threads=4, context=ctx)
@@ -549,6 +552,9 @@ def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_
             assert spin_until(ex, lambda: len(states) >= 7, 30.0), f"{len(states) - 1} of 6 commands stepped"
             spin_until(ex, lambda: len(states) > 7, 1.0)
             assert len(states) == 7, "the sim stepped more often than it was commanded"
+            stamps = lambda msgs: [(m.header.stamp.sec, m.header.stamp.nanosec) for m in msgs]  # noqa: E731
+            assert spin_until(ex, lambda: stamps(images) == stamps(states), 10.0), "a step without its frame"
+            assert images[-1].height == images[-1].width == 32
             # the decoder side: every read after a command is a state from after it
             assert spin_until(ex, lambda: arm._state is not None, 10.0)
             before = len(states)

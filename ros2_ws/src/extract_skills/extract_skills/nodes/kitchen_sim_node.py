@@ -110,7 +110,10 @@ class KitchenSimNode(Node):
 
     def _run(self) -> None:
         try:
-            sim = KitchenSim(KitchenConfig(image_size=self.p["image_size"], fast_render=self.p["fast_render"]))
+            # rendered in _publish, after the joint state is out: a decoder waiting for that state (lockstep)
+            # computes its next command while the frame renders, instead of after it
+            sim = KitchenSim(KitchenConfig(image_size=self.p["image_size"], fast_render=self.p["fast_render"],
+                                           image_every_step=False))
         except BaseException as exc:  # noqa: BLE001 - reported to the constructor
             self._error = exc
             self._ready.set()
@@ -162,7 +165,7 @@ class KitchenSimNode(Node):
                     with self._lock:
                         self._target = target
                 step = arm.step_to(*target)
-                self._publish(step.obs, arm.read_state())
+                self._publish(step.obs, arm.read_state(), sim.render)
                 if lockstep:
                     continue  # the next command (or the idle timeout) paces the next tick
                 next_tick += period
@@ -177,16 +180,16 @@ class KitchenSimNode(Node):
         finally:
             sim.close()
 
-    def _publish(self, obs, state) -> None:
+    def _publish(self, obs, state, render) -> None:
+        """State and subtask flags first, then the camera frame of the same step (same stamp)."""
         stamp = self.get_clock().now().to_msg()
         self.pub_joints.publish(joint_state_msg(state.q, state.gripper, stamp, dq=state.dq))
-        if obs.image is not None:
-            self.pub_image.publish(rgb_to_image(obs.image, stamp, self.p["camera_frame"]))
         status = SubtaskStatus()
         status.header.stamp = stamp
         status.names = list(SUBTASK_NAMES)
         status.done = [bool(x) for x in obs.subtasks_done]
         self.pub_status.publish(status)
+        self.pub_image.publish(rgb_to_image(render(), stamp, self.p["camera_frame"]))
 
     def close(self) -> None:
         self._stop.set()
