@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("soak")
     ex = MultiThreadedExecutor(num_threads=2)
     ex.add_node(node)
-    stats = {"episodes": 0, "gaps": [], "gaps_across_events": [], "frame_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
+    stats = {"episodes": 0, "gaps": [], "gaps_across_events": [], "frame_to_goal": [], "frame_to_embedding": [],
+             "embedding_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
              "ends": {}, "stream_gaps": {"image": [], "joint_state": [], "embedding": []}}
     last_seen: dict[str, float] = {}
     last_fault = {"kind": "", "t": 0.0}
@@ -163,10 +164,24 @@ def main(argv: list[str] | None = None) -> int:
         if len(frames) > 500:
             frames.pop(next(iter(frames)))
 
+    embedded: dict[tuple[int, int], float] = {}  # embedding stamp (its image's) -> arrival here
+
+    def on_embedding(msg: SkillEmbedding) -> None:
+        seen("embedding")
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        embedded[key] = time.monotonic()
+        if len(embedded) > 500:
+            embedded.pop(next(iter(embedded)))
+
     def on_command(msg: SkillCommand) -> None:
-        t = frames.get((msg.header.stamp.sec, msg.header.stamp.nanosec))
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        t, t_emb = frames.get(key), embedded.get(key)
         if t is not None and msg.policy != SkillCommand.POLICY_OPERATOR:
-            stats["frame_to_goal"].append(time.monotonic() - t)  # the command carries its frame's stamp
+            now = time.monotonic()
+            stats["frame_to_goal"].append(now - t)  # the command carries its frame's stamp
+            if t_emb is not None:  # split: camera node (embedding) and policy (decision)
+                stats["frame_to_embedding"].append(t_emb - t)
+                stats["embedding_to_goal"].append(now - t_emb)
 
     # The decoder's own counters (cumulative per process); a killed decoder's last published values are kept.
     decoder = {"acc": {}, "last": {}}
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     node.create_subscription(SkillCommand, TOPICS["skill_command"], on_command, 50)
     node.create_subscription(Image, TOPICS["image"], on_image, qos_profile_sensor_data)
     node.create_subscription(JointState, TOPICS["joint_states"], lambda _m: seen("joint_state"), 10)
-    node.create_subscription(SkillEmbedding, TOPICS["embedding"], lambda _m: seen("embedding"), 10)
+    node.create_subscription(SkillEmbedding, TOPICS["embedding"], on_embedding, 10)
     node.create_subscription(EpisodeEvent, TOPICS["episode_event"], on_event, 50)
     node.create_subscription(DiagnosticArray, TOPICS["diagnostics"], on_diag, 50)
     cancel = node.create_client(CancelGoal, "/execute_skill/_action/cancel_goal")
@@ -260,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 rss0 = {p.pid: rss_mb(p.pid) for p in procs.values()}
                 cpu0 = {name: (p.pid, cpu_s(p.pid)) for name, p in procs.items()}
                 t_cpu0, dec0, own_cpu0 = time.monotonic(), decoder_totals(), time.process_time()
-                stats.update(gaps=[], gaps_across_events=[], frame_to_goal=[], ticks_dropped=0, feedback=0,
+                stats.update(gaps=[], gaps_across_events=[], frame_to_goal=[], frame_to_embedding=[],
+                             embedding_to_goal=[], ticks_dropped=0, feedback=0,
                              episodes=0)  # measure after warm-up
             if rss0 and not rss_mid and now >= t_mid:
                 rss_mid = {p.pid: rss_mb(p.pid) for p in procs.values()}
@@ -322,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| gaps with an episode event in between, p50 / max (ms, n={len(across)}; not in the row above) | "
           f"{pct(across, 50):.0f} / {np.max(across) if len(across) else float('nan'):.0f} |")
     print(f"| frame -> goal p50 / p99 (ms, n={len(f2g)}) | {pct(f2g, 50):.0f} / {pct(f2g, 99):.0f} |")
+    for key, what in (("frame_to_embedding", "... of which frame -> its embedding (camera node)"),
+                      ("embedding_to_goal", "... and embedding -> goal (policy)")):
+        v = np.asarray(stats[key]) * 1e3
+        print(f"| {what} p50 / p99 (ms, n={len(v)}) | {pct(v, 50):.0f} / {pct(v, 99):.0f} |")
     return 0 if not deaths else 1
 
 
