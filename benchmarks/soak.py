@@ -52,6 +52,7 @@ NODES = {  # node name -> module
     "reward_reset_supervisor": "extract_skills.nodes.reward_reset_supervisor",
 }
 FAULTS = ("camera_drop", "cancel", "preempt", "junk", "decoder_kill")
+MODULES: dict[str, str] = {}  # --module overrides (A/B runs against another version of a node)
 
 
 def rss_mb(pid: int) -> float:
@@ -74,7 +75,7 @@ def cpu_s(pid: int) -> float:
 
 
 def start(name: str, log_dir: Path, extra: list[str]) -> subprocess.Popen:
-    args = [sys.executable, "-m", NODES[name], "--ros-args", "-r", f"__node:={name}",
+    args = [sys.executable, "-m", MODULES.get(name, NODES[name]), "--ros-args", "-r", f"__node:={name}",
             "--params-file", str(PKG / "config/sim.yaml"), *extra]
     log = open(log_dir / f"{name}.log", "a")
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -92,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=60.0, help="no faults and no memory baseline before this")
     ap.add_argument("--domain", type=int, default=77, help="private ROS domain of the soak")
     ap.add_argument("--log-dir", type=Path, default=ROOT / "runs" / "soak")
+    ap.add_argument("--module", action="append", default=[], metavar="NODE=MODULE",
+                    help="run NODE from another python module (an A/B run against an older version of it)")
     ns = ap.parse_args(argv)
+    for spec in ns.module:
+        name, _, module = spec.partition("=")
+        if name not in NODES or not module:
+            ap.error(f"--module {spec!r}: expected NODE=MODULE with NODE one of {list(NODES)}")
+        MODULES[name] = module
     os.environ["ROS_DOMAIN_ID"] = str(ns.domain)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     ns.log_dir.mkdir(parents=True, exist_ok=True)
