@@ -171,12 +171,12 @@ def test_policy_refuses_nan_and_stale_observations(models):
             # wait on the condition, not a fixed time: under load the policy's 20 Hz act timer may not fire in 1 s
             feed(float("nan"), 10.0, until=lambda: pol.counters["refused_obs"] > 0)
             assert pol.counters["goals"] == 0 and pol.counters["refused_obs"] > 0
-            # image vs joint-state skew (RELIABILITY row 3): a fresh message whose image stamp is 10 s older
-            # than every joint state the policy keeps (the last 64: ~2.6 s at the fake arm's 25 Hz) is refused
+            # image vs joint-state skew (RELIABILITY row 3): a fresh message whose image stamp is 2 s
+            # older than the joint states is refused
             refused = pol.counters["refused_obs"]
             t_end = time.monotonic() + 10.0
             while time.monotonic() < t_end and pol.counters["refused_obs"] <= refused:
-                _publish_obs(test, pub, 0.1, stamp_offset_s=10.0)
+                _publish_obs(test, pub, 0.1, stamp_offset_s=2.0)
                 spin_for(ex, 0.05)
             assert pol.counters["goals"] == 0 and pol.counters["refused_obs"] > refused
             feed(0.1, 15.0, until=lambda: pol.counters["goals"] >= 1)
@@ -191,41 +191,6 @@ def test_policy_refuses_nan_and_stale_observations(models):
             assert pol.counters["goals"] == goals
         finally:
             dec.close()
-
-
-def test_policy_pairs_a_frame_with_the_joint_state_stamped_nearest_to_it_not_the_newest(models):
-    """Under lockstep the sim stamps a step's frame and joint state alike, but the embedding arrives after the
-    state of a later tick (rendering + embedding). The observation pairs the frame with its own step's joints;
-    only when no kept joint state is within max_skew_s of the frame is it refused (seen in the soak: "stamps
-    differ" refusals, each adding a camera period or more to the gap between skills)."""
-    from rclpy.duration import Duration
-
-    from extract_skills.core.sim.scripted_demos import REST_Q
-    from extract_skills.nodes.common import joint_state_msg
-    from extract_skills.nodes.skill_policy_node import SkillPolicyNode
-
-    with RclpyContext() as ctx:
-        pol = SkillPolicyNode(context=ctx, parameter_overrides=_params(
-            {"models_dir": str(models), "max_obs_age_s": 5.0, "max_skew_s": 0.25}))
-        try:
-            now = pol.get_clock().now()
-            frame_t = now - Duration(seconds=1.0)
-            q = {dt: np.asarray(REST_Q) + dt for dt in (-0.08, 0.0, 0.5)}  # each state's joints tell it apart
-            for dt in sorted(q):
-                pol._on_joints(joint_state_msg(q[dt], 0.7, (frame_t + Duration(seconds=dt)).to_msg()))
-            emb = SkillEmbedding(encoder_name=pol.bundle.meta.encoder_name, embedding=[0.1] * pol.bundle.meta.embed_dim)
-            emb.header.stamp = frame_t.to_msg()
-            pol.embedding.set(emb)
-            obs = pol.observation(quiet=True)
-            assert obs is not None, "refused although a joint state has the frame's own stamp"
-            expected = pol.bundle.make_obs(np.full(pol.bundle.meta.embed_dim, 0.1), np.r_[q[0.0], 0.7])
-            np.testing.assert_allclose(obs, expected)  # not the newest state (0.5 s later)
-            # a frame 0.3 s from every kept state: refused, with the reason counted
-            emb.header.stamp = (frame_t + Duration(seconds=-0.38)).to_msg()
-            refused = pol.counters["refused_obs"]
-            assert pol.observation() is None and pol.counters["refused_obs"] == refused + 1
-        finally:
-            pol.destroy_node()
 
 
 def test_policy_process_killed_stops_the_arm(models):

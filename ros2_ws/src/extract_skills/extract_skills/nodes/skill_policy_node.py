@@ -17,7 +17,6 @@ decoder stop the arm if this process dies.
 """
 from __future__ import annotations
 
-import collections
 import math
 import os
 import threading
@@ -53,7 +52,7 @@ DEFAULTS = {
     "checkpoint": "extract_kitchen.pt",
     "seed": 0,
     "max_obs_age_s": 0.5,  # s, embedding and joint state must be younger (arrival, monotonic)
-    "max_skew_s": 0.25,  # s, |image stamp - stamp of the joint state nearest to it| tolerated
+    "max_skew_s": 0.25,  # s, |image stamp - joint state stamp| tolerated
     "step_limit": 0,  # per-skill control-step limit sent with each goal; 0 = decoder's max length
     "dynamics_factor": 0.1,  # relative dynamics factor sent with each goal
     "heartbeat_hz": 10.0,  # Hz; the decoder's heartbeat_timeout_s must span a few periods
@@ -90,9 +89,6 @@ class SkillPolicyNode(Node):
         self._setup_policy()
         self.embedding = Monotonic()
         self.joints = Monotonic()
-        # recent joint states: an embedding is paired with the one stamped nearest to its frame (the sim stamps a
-        # step's state and frame alike), not with the newest, which under load is often a later tick than the frame
-        self._joint_history: collections.deque[JointState] = collections.deque(maxlen=64)
         self.episode_id = 0
         self.active = bool(self.p["act_without_episode"])
         self._goal_lock = threading.Lock()
@@ -234,12 +230,6 @@ class SkillPolicyNode(Node):
     def _on_joints(self, msg: JointState) -> None:
         check_stamp(msg.header.stamp)
         self.joints.set(msg)
-        self._joint_history.append(msg)
-
-    def joints_at(self, stamp_s: float) -> JointState | None:
-        """The recent joint state stamped nearest to ``stamp_s`` (None before the first)."""
-        history = list(self._joint_history)  # one C-level copy: safe against the callback appending meanwhile
-        return min(history, key=lambda m: abs(stamp_to_s(m.header.stamp) - stamp_s)) if history else None
 
     def _on_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.START:
@@ -263,8 +253,7 @@ class SkillPolicyNode(Node):
     # -------------------------------------------------------------------------- acting
     def observation(self, quiet: bool = False) -> np.ndarray | None:
         """The policy input, or None (with a reason logged) when it must not be acted on."""
-        emb = self.embedding.value
-        js = self.joints_at(stamp_to_s(emb.header.stamp)) if emb is not None else None
+        emb, js = self.embedding.value, self.joints.value
         if emb is None or js is None:
             return None
         ended = self._skill_ended_at
