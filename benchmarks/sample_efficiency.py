@@ -351,9 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         # the same command as workers (the last --jobs wins in argparse); their prints carry [method sN]
         workers = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *raw, "--worker", "--jobs", "1"])
                    for _ in range(args.jobs)]
-        failed = [w.args for w in workers if w.wait() != 0]
+        failed = sum(w.wait() != 0 for w in workers)
         if failed:
-            print(f"{len(failed)} worker(s) failed: the runs they held are not done (rerun to resume)", file=sys.stderr)
+            print(f"{failed} worker(s) failed: the runs they held are not done (rerun to resume)", file=sys.stderr)
             return 1
     elif not args.aggregate_only:
         run_all(args)

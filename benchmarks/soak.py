@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Header
 
+    from extract_skills.core.control.skill_executor import LoopTiming, missed_ticks
     from extract_skills.graph import TOPICS
     from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
 
@@ -152,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         stats["feedback"] += 1
         if gid in last_fb:
             t, step = last_fb[gid]
-            gap = now - t
-            if gap > 1.5 * PERIOD_S:
-                stats["ticks_dropped"] += int(round(gap / PERIOD_S)) - 1
+            stats["ticks_dropped"] += missed_ticks(now - t, PERIOD_S)
         else:  # first command of a new goal
             prev = state["current"]
             if prev is not None and prev in last_fb and now - last_fb[prev][0] < 2.0:
@@ -164,22 +163,23 @@ def main(argv: list[str] | None = None) -> int:
             state["goal"] = msg.goal_id
         last_fb[gid] = (now, msg.feedback.step)
 
+    def arrived(store: dict, stamp) -> None:
+        """Arrival time here of a message with this header stamp (bounded: the last 500)."""
+        store[(stamp.sec, stamp.nanosec)] = time.monotonic()
+        if len(store) > 500:
+            store.pop(next(iter(store)))
+
     frames: dict[tuple[int, int], float] = {}  # image stamp -> arrival here (the sim stamps in its own time)
 
     def on_image(msg: Image) -> None:
         seen("image")
-        frames[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.monotonic()
-        if len(frames) > 500:
-            frames.pop(next(iter(frames)))
+        arrived(frames, msg.header.stamp)
 
     embedded: dict[tuple[int, int], float] = {}  # embedding stamp (its image's) -> arrival here
 
     def on_embedding(msg: SkillEmbedding) -> None:
         seen("embedding")
-        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        embedded[key] = time.monotonic()
-        if len(embedded) > 500:
-            embedded.pop(next(iter(embedded)))
+        arrived(embedded, msg.header.stamp)
 
     def on_command(msg: SkillCommand) -> None:
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
@@ -193,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The decoder's own counters (cumulative per process); a killed decoder's last published values are kept.
     decoder = {"acc": {}, "last": {}}
-    DEC_KEYS = ("commands_sent", "ticks_dropped", "late_feedback_s", "late_wake_s", "late_state_s", "late_decode_s",
-                "late_send_s")
+    DEC_KEYS = ("commands_sent", "ticks_dropped", *(f"late_{ph}_s" for ph in LoopTiming.PHASES))  # decoder's keys
 
     def on_diag(msg: DiagnosticArray) -> None:
         for st in msg.status:
@@ -204,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 vals = {k: float(kv[k]) for k in DEC_KEYS}
             except (KeyError, ValueError):
-                return
+                continue
             last = decoder["last"]
             if last and vals["commands_sent"] < last["commands_sent"]:  # a restarted decoder counts from 0
                 decoder["acc"] = {k: decoder["acc"].get(k, 0.0) + last[k] for k in DEC_KEYS}
@@ -329,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| faults injected | {', '.join(f'{k} {v}' for k, v in stats['faults'].items())} |")
     print(f"| node deaths (not killed by the soak) | {len(deaths)}{' (' + ', '.join(deaths) + ')' if deaths else ''} |")
     print(f"| command ticks dropped, feedback as received here (of {stats['feedback']}) | {stats['ticks_dropped']} |")
-    late = ", ".join(f"{k[5:-2]} {dec[k]:.1f}" for k in DEC_KEYS[2:])
+    late = ", ".join(f"{ph} {dec[f'late_{ph}_s']:.1f}" for ph in LoopTiming.PHASES)
     print(f"| command ticks dropped, as the decoder sent them (of {dec.get('commands_sent', 0):.0f}; a killed "
           f"decoder's last second is lost) | {dec.get('ticks_dropped', 0):.0f} |")
     print(f"| decoder: time of the late intervals by loop phase (s) | {late} |")

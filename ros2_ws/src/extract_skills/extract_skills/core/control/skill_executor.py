@@ -138,11 +138,19 @@ class SkillResult:
     late_phase_s: dict[str, float] = field(default_factory=dict)  # LoopTiming.PHASES -> s, over late intervals
 
 
+def missed_ticks(interval_s: float, period_s: float) -> int:
+    """Control ticks missed between two commands ``interval_s`` apart: none up to 1.5 periods, else one per
+    period beyond the first (the soak applies the same rule to the feedback it receives)."""
+    if period_s <= 0 or interval_s <= 1.5 * period_s:
+        return 0
+    return int(round(interval_s / period_s)) - 1
+
+
 class LoopTiming:
     """Where the time between two commands goes, for the commands that came late.
 
-    An interval between consecutive sends longer than 1.5 periods drops ``round(interval / period) - 1`` ticks
-    (the soak's measure, taken here at the sender, so a slow observer cannot add any). The interval is split
+    An interval between consecutive sends drops :func:`missed_ticks` ticks (the soak's measure, taken here at
+    the sender, so a slow observer cannot add any). The interval is split
     into the phases of the loop: ``feedback`` (after the previous send), ``wake`` (how late the sleep returned
     past its tick), ``state`` (watchdogs and reading the arm: under the kitchen's lockstep this waits for the
     sim's physics step), ``decode`` (the decoder's next output) and ``send`` (safety check and publish); the
@@ -162,12 +170,11 @@ class LoopTiming:
 
     def sent(self, t: float) -> None:
         """A command left at ``t``: close the interval since the previous one."""
-        if self._last_send is not None and self.period_s > 0:
-            interval = t - self._last_send
-            if interval > 1.5 * self.period_s:
-                self.ticks_dropped += int(round(interval / self.period_s)) - 1
-                for k, v in self._pending.items():
-                    self.late_phase_s[k] += v
+        missed = missed_ticks(t - self._last_send, self.period_s) if self._last_send is not None else 0
+        if missed:
+            self.ticks_dropped += missed
+            for k, v in self._pending.items():
+                self.late_phase_s[k] += v
         self._last_send = t
         self._pending = dict.fromkeys(self.PHASES, 0.0)
 
