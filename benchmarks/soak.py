@@ -53,6 +53,7 @@ NODES = {  # node name -> module
 }
 FAULTS = ("camera_drop", "cancel", "preempt", "junk", "decoder_kill")
 MODULES: dict[str, str] = {}  # --module overrides (A/B runs against another version of a node)
+NICE: dict[str, int] = {}  # --nice: scheduling priority of a node's process (negative needs CAP_SYS_NICE)
 
 
 def rss_mb(pid: int) -> float:
@@ -78,7 +79,9 @@ def start(name: str, log_dir: Path, extra: list[str]) -> subprocess.Popen:
     args = [sys.executable, "-m", MODULES.get(name, NODES[name]), "--ros-args", "-r", f"__node:={name}",
             "--params-file", str(PKG / "config/sim.yaml"), *extra]
     log = open(log_dir / f"{name}.log", "a")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    nice = NICE.get(name, 0)
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def pct(a, q) -> float:
@@ -95,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-dir", type=Path, default=ROOT / "runs" / "soak")
     ap.add_argument("--module", action="append", default=[], metavar="NODE=MODULE",
                     help="run NODE from another python module (an A/B run against an older version of it)")
+    ap.add_argument("--nice", action="append", default=[], metavar="NODE=N",
+                    help="start NODE's process at niceness N (e.g. -10: is a missed tick a wait for a core?)")
     ns = ap.parse_args(argv)
+    for spec in ns.nice:
+        name, _, value = spec.partition("=")
+        if name not in NODES or not value.lstrip("-").isdigit():
+            ap.error(f"--nice {spec!r}: expected NODE=N with NODE one of {list(NODES)}")
+        NICE[name] = int(value)
     for spec in ns.module:
         name, _, module = spec.partition("=")
         if name not in NODES or not module:
@@ -318,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
               for name, p in procs.items() if p.pid in rss0 and p.pid in rss_mid}
     gaps, f2g = np.asarray(stats["gaps"]) * 1e3, np.asarray(stats["frame_to_goal"]) * 1e3
     print(f"\nSoak: {ns.minutes:g} min after a {ns.warmup_s:g} s warm-up, a fault every {ns.fault_every:g} s "
-          f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")
+          f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})"
+          + (f"; niceness {', '.join(f'{k} {v}' for k, v in NICE.items())}" if NICE else "") + "\n")
     print("| measure | value |\n|---|---:|")
     print(f"| episodes completed | {stats['episodes']} |")
     print(f"| episode ends by reason | {'; '.join(f'{k}: {v}' for k, v in sorted(stats['ends'].items()))} |")

@@ -22,6 +22,7 @@ pytest.importorskip("extract_msgs", reason="extract_msgs not built: run scripts/
 from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from extract_skills.core.control.skill_executor import Fault  # noqa: E402
@@ -534,7 +535,9 @@ def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_
         states: list = []
         test.create_subscription(JointState, TOPICS["joint_states"], states.append, 100)
         images: list = []
-        test.create_subscription(Image, TOPICS["image"], images.append, 100)
+        # the sim's camera writer is best effort (a reliable reader would not match it); deep queue: keep every frame
+        test.create_subscription(Image, TOPICS["image"], images.append,
+                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
         arm = TopicArm(test, limits, fresh_state_timeout_s=10.0)
         pub = test.create_publisher(JointState, TOPICS["joint_commands"], 100)
         ex = MultiThreadedExecutor(num_threads=4, context=ctx)
@@ -555,6 +558,9 @@ def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_
             stamps = lambda msgs: [(m.header.stamp.sec, m.header.stamp.nanosec) for m in msgs]  # noqa: E731
             assert spin_until(ex, lambda: stamps(images) == stamps(states), 10.0), "a step without its frame"
             assert images[-1].height == images[-1].width == 32
+            # best effort: a reliable camera writer stalled for good after a reader's kill -9 (reader_kill.py)
+            pubs = test.get_publishers_info_by_topic(TOPICS["image"])
+            assert [p.qos_profile.reliability for p in pubs] == [ReliabilityPolicy.BEST_EFFORT]
             # the decoder side: every read after a command is a state from after it
             assert spin_until(ex, lambda: arm._state is not None, 10.0)
             before = len(states)
