@@ -26,6 +26,13 @@ os.environ.pop("ROS_STATIC_PEERS", None)
 
 import pytest  # noqa: E402
 
+# triton's native library segfaults when it loads after mujoco's OSMesa (see kitchen._preload_triton). A test module
+# that imports gymnasium_robotics (hence mujoco) at collection, run without an earlier torch-using module, crashed
+# at its first KitchenSim: load triton before any test module is imported.
+from extract_skills.core.sim.kitchen import _preload_triton  # noqa: E402
+
+_preload_triton()
+
 
 @pytest.fixture()
 def one_torch_thread():

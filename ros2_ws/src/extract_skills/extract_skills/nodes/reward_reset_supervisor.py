@@ -81,7 +81,7 @@ class RewardResetSupervisor(Node):
         # Camera drop-out: the policy stops deciding, but the running skill would go on blind; ending the
         # episode makes the policy cancel it, and the decoder stops the arm.
         self._last_frame: float | None = None  # monotonic arrival of the last embedded frame; None: none yet
-        self._said_camera = False
+        self._camera_wait: tuple[float, float] | None = None  # (waiting since, last said), monotonic
         subscribe(self, SkillEmbedding, TOPICS["embedding"], self._on_frame, 10, callback_group=group)
         # The policy's heartbeat names its process: silence, or another process (a respawn) mid-episode, means the
         # policy that was acting is gone. The DDS graph cannot tell: a killed process's endpoints stay listed
@@ -257,11 +257,19 @@ class RewardResetSupervisor(Node):
             return
         if self.p["wait_for_camera"] and not self._camera_ready(now):
             # a camera that is down (or respawning) would end the episode as a drop-out seconds after its start
-            if not self._said_camera:
+            if self._camera_wait is None:
                 self.get_logger().info("waiting for embedded camera frames before the next episode")
-                self._said_camera = True
+                self._camera_wait = (now, now)
+            elif now - self._camera_wait[1] >= 30.0:
+                # a camera writer can stop delivering for good (seen: a reliable one after a reader's kill -9);
+                # say so, rather than wait in silence
+                self.get_logger().warning(
+                    f"still no embedded camera frame after {now - self._camera_wait[0]:.0f} s: is the camera node up, "
+                    "and does its image topic deliver (ros2 topic hz on it)? Restarting the camera driver (or the sim) "
+                    "ends a stalled image writer")
+                self._camera_wait = (self._camera_wait[0], now)
             return
-        self._said_camera = False
+        self._camera_wait = None
         if self._reset_future is None:
             if not self.reset_client.service_is_ready():
                 return

@@ -109,6 +109,13 @@ def _preload_triton() -> None:
 
 def _import_kitchen() -> tuple[Any, Any]:
     import gymnasium as gym
+
+    try:  # gymnasium-robotics prints a notice about the Adroit hands' rewards at import; the kitchen is unaffected
+        import farama_notifications
+
+        farama_notifications.notifications.pop("gymnasium_robotics", None)
+    except ImportError:
+        pass
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
