@@ -36,6 +36,17 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, period_s: float 
     return predicate()
 
 
+def assert_clean_shutdown(proc_info, proc_output) -> None:
+    """Post-shutdown: every node exited 0 (launch keeps each node's latest exit, so a respawned node counts by its
+    last instance) and no process printed a traceback or an unretrieved-exception line."""
+    import launch_testing.asserts
+
+    launch_testing.asserts.assertExitCodes(proc_info)
+    for io in proc_output:
+        text = io.text.decode(errors="replace")
+        assert "Traceback" not in text and "never retrieved" not in text, text[-2000:]
+
+
 def output_has(proc_output, text: str) -> bool:
     """True when any process printed ``text`` on stdout or stderr (launch's emulated tty may use either)."""
     return any(text in io.text.decode(errors="replace") for io in proc_output)
