@@ -24,8 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PKG = ROOT / "ros2_ws/src/extract_skills"
+import soak  # noqa: E402 - a sibling script: the sim node is started the way the soak starts it
+
+ROOT = soak.ROOT
 
 READER = """
 import sys, rclpy
@@ -43,16 +44,12 @@ rclpy.spin(n)
 """
 
 
-SIM_PARAMS: list[str] = []
-
-
-def start_sim() -> subprocess.Popen:
-    args = [sys.executable, "-m", "extract_skills.nodes.kitchen_sim_node", "--ros-args", "-r", "__node:=kitchen_sim",
-            "--params-file", str(PKG / "config/sim.yaml"), "-p", "lockstep:=false", "-p", "real_time_factor:=0.0"]
-    for p in SIM_PARAMS:
-        args += ["-p", p]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, PYTHONPATH=f"{PKG}:{os.environ.get('PYTHONPATH', '')}"))
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sim-param", action="append", default=[], metavar="NAME:=VALUE",
                     help="a kitchen_sim parameter (e.g. image_reliability:=best_effort)")
+    ap.add_argument("--log-dir", type=Path, default=ROOT / "runs" / "reader_kill", help="the sim's log")
     ns = ap.parse_args(argv)
-    SIM_PARAMS.extend(ns.sim_param)
+    ns.log_dir.mkdir(parents=True, exist_ok=True)
+    sim_args = ["-p", "lockstep:=false", "-p", "real_time_factor:=0.0"]  # free-running, as fast as it renders
+    for p in ns.sim_param:
+        sim_args += ["-p", p]
+
+    def start_sim() -> subprocess.Popen:
+        return soak.start("kitchen_sim", ns.log_dir, sim_args)
     os.environ["ROS_DOMAIN_ID"] = str(ns.domain)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     rng = random.Random(ns.seed)
@@ -113,22 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"this process got none for {ns.stall_s:g} s after the kill; joint states "
                       f"{'still flow' if joints else 'stopped too'}", flush=True)
                 stalls.append(k)
-                sim.send_signal(signal.SIGINT)
-                try:
-                    sim.wait(15)
-                except subprocess.TimeoutExpired:
-                    sim.kill()
+                stop(sim)
                 sim = start_sim()
                 if not flowing("image", time.monotonic(), 120.0):
                     raise SystemExit("the restarted sim never published an image")
             elif k % 10 == 0:
                 print(f"kill {k}: images flow ({len(stalls)} stalls so far)", flush=True)
     finally:
-        sim.send_signal(signal.SIGINT)
-        try:
-            sim.wait(15)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        stop(sim)
         ex.shutdown()
         rclpy.try_shutdown()
     config = ", ".join([f"transports {os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', 'default')}",

@@ -82,8 +82,7 @@ class KitchenSimNode(Node):
         self._error: BaseException | None = None
         self.dt = 0.08
         self.pub_image = self.create_publisher(Image, TOPICS["image"], QoSProfile(
-            depth=5, reliability=ReliabilityPolicy.RELIABLE if self.p["image_reliability"] == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT))
+            depth=5, reliability=ReliabilityPolicy[self.p["image_reliability"].upper()]))
         self.pub_joints = self.create_publisher(JointState, TOPICS["joint_states"], 10)
         self.pub_status = self.create_publisher(SubtaskStatus, TOPICS["subtask_status"], 10)
         subscribe(self, JointState, TOPICS["joint_commands"], self._on_command, 10)
