@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_node(node)
     stats = {"episodes": 0, "gaps": [], "gaps_across_events": [], "frame_to_goal": [], "frame_to_embedding": [],
              "embedding_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
-             "ends": {}, "stream_gaps": {"image": [], "joint_state": [], "embedding": []}}
+             "ends": {}, "stream_gaps": {"image": [], "joint_state": [], "embedding": []}, "trips": []}
     last_seen: dict[str, float] = {}
     last_fault = {"kind": "", "t": 0.0}
 
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             t, step = last_fb[gid]
             stats["ticks_dropped"] += missed_ticks(now - t, PERIOD_S)
         else:  # first command of a new goal
+            first_commands.add(np.asarray(msg.feedback.commanded_joint_positions[:7], float).tobytes())
             prev = state["current"]
             if prev is not None and prev in last_fb and now - last_fb[prev][0] < 2.0:
                 across = state["last_event_t"] > last_fb[prev][0]  # an episode ended/reset/started in between
@@ -229,10 +230,31 @@ def main(argv: list[str] | None = None) -> int:
             why = re.sub(r"\d+(\.\d+)?", "N", msg.detail)  # one row per reason, not per number in it
             stats["ends"][why] = stats["ends"].get(why, 0) + 1
 
+    # Command -> next command, split at the sim's state of that step, all from header stamps (the decoder stamps a
+    # command when it sends it, the sim a state when it publishes it; one wall clock), so this process's own
+    # delays do not enter: "sim" = the command's trip to the sim, waiting for its physics thread and the step;
+    # "decoder" = the state's trip back, the decoder's next output and its sleep to the next tick.
+    trip = {"cmd": None, "state": None}
+    first_commands: set[bytes] = set()  # a goal's first command: the interval before it is a skill gap, not a tick
+
+    def on_joint_command(msg: JointState) -> None:
+        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        prev, st = trip["cmd"], trip["state"]
+        if prev is not None and st is not None and prev < st < t and t - prev < 2.0:
+            stats["trips"].append((t - prev, st - prev, t - st, np.asarray(msg.position[:7], float).tobytes()))
+        trip.update(cmd=t, state=None)
+
+    def on_joint_state(msg: JointState) -> None:
+        seen("joint_state")
+        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if msg.header.stamp.sec and trip["cmd"] is not None and trip["state"] is None and t > trip["cmd"]:
+            trip["state"] = t  # the first state after the command: its step (lockstep); junk carries stamp 0
+
     node.create_subscription(ExecuteSkill.Impl.FeedbackMessage, "/execute_skill/_action/feedback", on_feedback, 100)
     node.create_subscription(SkillCommand, TOPICS["skill_command"], on_command, 50)
     node.create_subscription(Image, TOPICS["image"], on_image, qos_profile_sensor_data)
-    node.create_subscription(JointState, TOPICS["joint_states"], lambda _m: seen("joint_state"), 10)
+    node.create_subscription(JointState, TOPICS["joint_states"], on_joint_state, 10)
+    node.create_subscription(JointState, TOPICS["joint_commands"], on_joint_command, 10)
     node.create_subscription(SkillEmbedding, TOPICS["embedding"], on_embedding, 10)
     node.create_subscription(EpisodeEvent, TOPICS["episode_event"], on_event, 50)
     node.create_subscription(DiagnosticArray, TOPICS["diagnostics"], on_diag, 50)
@@ -293,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu0 = {name: (p.pid, cpu_s(p.pid)) for name, p in procs.items()}
                 t_cpu0, dec0, own_cpu0 = time.monotonic(), decoder_totals(), time.process_time()
                 stats.update(gaps=[], gaps_across_events=[], frame_to_goal=[], frame_to_embedding=[],
-                             embedding_to_goal=[], ticks_dropped=0, feedback=0,
+                             embedding_to_goal=[], ticks_dropped=0, feedback=0, trips=[],
                              episodes=0)  # measure after warm-up
             if rss0 and not rss_mid and now >= t_mid:
                 rss_mid = {p.pid: rss_mb(p.pid) for p in procs.values()}
@@ -360,6 +382,16 @@ def main(argv: list[str] | None = None) -> int:
                       ("embedding_to_goal", "... and embedding -> goal (policy)")):
         v = np.asarray(stats[key]) * 1e3
         print(f"| {what} p50 / p99 (ms, n={len(v)}) | {pct(v, 50):.0f} / {pct(v, 99):.0f} |")
+    # within a goal only (by the commanded joints, which the feedback repeats exactly)
+    trips = np.asarray([t[:3] for t in stats["trips"] if t[3] not in first_commands]).reshape(-1, 3) * 1e3
+    late = trips[trips[:, 0] > 1.5 * PERIOD_S * 1e3]
+    for rows, what in ((trips, "all"), (late, "late (> 1.5 periods)")):
+        print(f"| command -> next command, {what}: n; p50 / p99 of the interval, ... to the sim's state, ... state -> "
+              f"next command (ms) | {len(rows)}; " + ", ".join(f"{pct(rows[:, i], 50):.0f} / {pct(rows[:, i], 99):.0f}"
+                                                     for i in range(3)) + " |")
+    if len(late):
+        print(f"| late intervals: share of their time before / after the sim's state | "
+              f"{late[:, 1].sum() / late[:, 0].sum():.0%} / {late[:, 2].sum() / late[:, 0].sum():.0%} |")
     return 0 if not deaths else 1
 
 

@@ -7,7 +7,7 @@ pytest.importorskip("mujoco")
 
 from extract_skills.core.control.arm import ArmState  # noqa: E402
 from extract_skills.core.data.dataset import SUBTASK_NAMES, read_episode, write_episode  # noqa: E402
-from extract_skills.core.sim.kitchen import KitchenArm, KitchenConfig, KitchenSim  # noqa: E402
+from extract_skills.core.sim.kitchen import FrameRenderer, KitchenArm, KitchenConfig, KitchenSim  # noqa: E402
 from extract_skills.core.sim.scripted_demos import (  # noqa: E402
     REST_Q,
     DemoConfig,
@@ -56,6 +56,66 @@ def test_dt_and_reset_observation(sim):
     assert not obs.subtasks_done.any()
     with pytest.raises(ValueError):
         sim.reset(task_sequence=["dishwasher"])
+
+
+def test_frame_renderer_renders_what_the_sim_renders_in_its_own_thread(sim):
+    """The sim node's camera thread: each captured state comes back as the image KitchenSim.render() gives for
+    that state (bit for bit: the frozen encoder was trained on those), tagged, from another thread."""
+    import threading
+
+    frames, cond = {}, threading.Condition()
+
+    def on_frame(rgb, tag):
+        with cond:
+            frames[tag] = (rgb, threading.get_ident())
+            cond.notify_all()
+
+    renderer = FrameRenderer(sim, on_frame)
+    try:
+        sim.reset(seed=5, arm_qpos=REST_Q)
+        arm = KitchenArm(sim)
+        q0 = arm.read_state().q
+        expected = {}
+        for i in range(3):
+            arm.step_to(q0 + 0.1 * (i + 1), 0.0)
+            expected[i] = sim.render()
+            renderer.capture(i)
+            with cond:  # one at a time: a capture that comes before the last one rendered replaces it
+                assert cond.wait_for(lambda: i in frames, timeout=30)
+        for i, image in expected.items():
+            assert frames[i][1] != threading.get_ident()
+            np.testing.assert_array_equal(frames[i][0], image)
+        assert len({img.tobytes() for img in expected.values()}) == 3, "the arm moved: three different frames"
+        # latest wins: of a burst of captures the newest is always rendered, older ones may be replaced
+        for i in range(10, 30):
+            renderer.capture(i)
+        with cond:
+            assert cond.wait_for(lambda: 29 in frames, timeout=30)
+        assert renderer.rendered + renderer.replaced == 23
+    finally:
+        renderer.close()
+
+
+def test_frame_renderer_error_reaches_the_physics_thread(sim):
+    """A frame that cannot be delivered ends the render thread and the next capture raises it (the sim node then
+    dies loudly instead of running blind)."""
+    import threading
+
+    failed = threading.Event()
+
+    def on_frame(rgb, tag):
+        failed.set()
+        raise OSError("publisher gone")
+
+    renderer = FrameRenderer(sim, on_frame)
+    try:
+        renderer.capture(0)
+        assert failed.wait(30)
+        renderer._thread.join(30)
+        with pytest.raises(RuntimeError, match="render thread died.*publisher gone"):
+            renderer.capture(1)
+    finally:
+        renderer.close()
 
 
 def test_kitchen_arm_reaches_joint_target(sim):

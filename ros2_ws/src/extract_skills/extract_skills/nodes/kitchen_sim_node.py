@@ -29,7 +29,7 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 
 from extract_skills.core.data.dataset import SUBTASK_NAMES
-from extract_skills.core.sim.kitchen import KitchenArm, KitchenConfig, KitchenSim
+from extract_skills.core.sim.kitchen import FrameRenderer, KitchenArm, KitchenConfig, KitchenSim
 from extract_skills.core.sim.scripted_demos import REST_Q
 from extract_skills.graph import SERVICES, TOPICS
 from extract_skills.nodes.common import declare, joint_state_msg, parse_joint_state, rgb_to_image, run_node, subscribe
@@ -59,7 +59,8 @@ def parse_task(task: str) -> tuple[str, ...]:
 
 
 class KitchenSimNode(Node):
-    """Owns the kitchen in one thread: OSMesa GL contexts belong to the thread that made them."""
+    """Owns the kitchen's physics in one thread and its camera in another (:class:`FrameRenderer`; OSMesa GL
+    contexts belong to the thread that made them)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("kitchen_sim", **kwargs)
@@ -116,14 +117,19 @@ class KitchenSimNode(Node):
         return resp
 
     def _run(self) -> None:
+        sim = frames = None
         try:
-            # rendered in _publish, after the joint state is out: a decoder waiting for that state (lockstep)
-            # computes its next command while the frame renders, instead of after it
             sim = KitchenSim(KitchenConfig(image_size=self.p["image_size"], fast_render=self.p["fast_render"],
-                                           image_every_step=False))
+                                           render=False))
+            # Frames render in a thread of their own: the physics takes the next command while a frame renders
+            # (25-35 ms) instead of after it; a decoder waiting for each step's state (lockstep) is not held
+            # up by the camera (benchmarks/RESULTS.md, soak: the render thread).
+            frames = FrameRenderer(sim, self._publish_image)
         except BaseException as exc:  # noqa: BLE001 - reported to the constructor
             self._error = exc
             self._ready.set()
+            if sim is not None:
+                sim.close()
             return
         arm = KitchenArm(sim)
         arm.connect()
@@ -172,7 +178,7 @@ class KitchenSimNode(Node):
                     with self._lock:
                         self._target = target
                 step = arm.step_to(*target)
-                self._publish(step.obs, arm.read_state(), sim.render)
+                frames.capture(self._publish_state(step.obs, arm.read_state()))
                 if lockstep:
                     continue  # the next command (or the idle timeout) paces the next tick
                 next_tick += period
@@ -185,10 +191,11 @@ class KitchenSimNode(Node):
             self._error = exc
             self.get_logger().fatal(f"kitchen sim thread died: {exc!r}")
         finally:
+            frames.close()
             sim.close()
 
-    def _publish(self, obs, state, render) -> None:
-        """State and subtask flags first, then the camera frame of the same step (same stamp)."""
+    def _publish_state(self, obs, state):
+        """The step's joint state and subtask flags; returns their stamp, which the step's frame carries too."""
         stamp = self.get_clock().now().to_msg()
         self.pub_joints.publish(joint_state_msg(state.q, state.gripper, stamp, dq=state.dq))
         status = SubtaskStatus()
@@ -196,7 +203,10 @@ class KitchenSimNode(Node):
         status.names = list(SUBTASK_NAMES)
         status.done = [bool(x) for x in obs.subtasks_done]
         self.pub_status.publish(status)
-        self.pub_image.publish(rgb_to_image(render(), stamp, self.p["camera_frame"]))
+        return stamp
+
+    def _publish_image(self, rgb, stamp) -> None:
+        self.pub_image.publish(rgb_to_image(rgb, stamp, self.p["camera_frame"]))
 
     def close(self) -> None:
         self._stop.set()

@@ -163,27 +163,40 @@ class KitchenSim:
 
     # ----------------------------------------------------------------------------- rendering
     def _make_renderer(self) -> None:
-        mujoco = self._mujoco
-        if self.config.fast_render:
-            # Must be set before the renderer's offscreen buffer is created.
-            self.model.vis.quality.offsamples = 0
+        self._prepare_offscreen()
         size = self.config.image_size
-        self._renderer = mujoco.Renderer(self.model, height=size, width=size)
+        self._renderer = self._mujoco.Renderer(self.model, height=size, width=size)
+        self.apply_render_flags(self._renderer.scene)
+        self._camera = self.make_camera()
+
+    def _prepare_offscreen(self) -> None:
         if self.config.fast_render:
-            flags = self._renderer.scene.flags
-            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
-        if self.config.camera is None:
-            cam = mujoco.MjvCamera()
-            mujoco.mjv_defaultFreeCamera(self.model, cam)
-            cam.distance = DEFAULT_CAMERA["distance"]
-            cam.azimuth = DEFAULT_CAMERA["azimuth"]
-            cam.elevation = DEFAULT_CAMERA["elevation"]
-            cam.lookat[:] = DEFAULT_CAMERA["lookat"]
-            self._camera = cam
-        else:
-            self._camera = self.config.camera
+            # Must be set before a GL context's offscreen buffer is created.
+            self.model.vis.quality.offsamples = 0
+
+    def apply_render_flags(self, scene: Any) -> None:
+        """The ``fast_render`` settings of an ``MjvScene`` (see the module docstring)."""
+        if self.config.fast_render:
+            flags = scene.flags
+            for flag in ("mjRND_SHADOW", "mjRND_REFLECTION", "mjRND_SKYBOX"):
+                flags[getattr(self._mujoco.mjtRndFlag, flag)] = 0
+
+    def make_camera(self) -> Any:
+        """The configured camera as an ``MjvCamera``: a named model camera, or the kitchen's default free camera."""
+        mujoco = self._mujoco
+        cam = mujoco.MjvCamera()
+        if self.config.camera is not None:  # what mujoco.Renderer.update_scene makes of a camera name
+            cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
+            cam.fixedcamid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, self.config.camera)
+            if cam.fixedcamid < 0:
+                raise ValueError(f"the kitchen model has no camera {self.config.camera!r}")
+            return cam
+        mujoco.mjv_defaultFreeCamera(self.model, cam)
+        cam.distance = DEFAULT_CAMERA["distance"]
+        cam.azimuth = DEFAULT_CAMERA["azimuth"]
+        cam.elevation = DEFAULT_CAMERA["elevation"]
+        cam.lookat[:] = DEFAULT_CAMERA["lookat"]
+        return cam
 
     def render(self) -> np.ndarray:
         """RGB uint8 (H, W, 3) of the current state."""
@@ -286,6 +299,119 @@ class KitchenSim:
             self._renderer.close()
             self._renderer = None
         self.env.close()
+
+
+class FrameRenderer:
+    """Renders the kitchen's camera in a thread of its own, off the physics thread.
+
+    ``capture(tag)``, on the physics thread, records the scene of the current state (``mjv_updateScene``: pure
+    CPU, about 10 us); the GL render and read-back (25-35 ms at 128 px on software GL) run in the renderer's
+    thread, which then calls ``on_frame(rgb, tag)``. So the physics can take its next command while a frame
+    renders; the image is the same as :meth:`KitchenSim.render` of that state (a test compares them). Latest
+    wins: a capture that finds the previous one not yet rendered replaces it, as a camera that cannot keep up
+    drops frames rather than queueing stale ones; the newest state is always rendered.
+
+    The GL context is made in, and used only by, the renderer's thread (OSMesa contexts are per thread). An error
+    there (GL, or ``on_frame``) ends the thread and is raised by the next ``capture``.
+    """
+
+    def __init__(self, sim: KitchenSim, on_frame: Callable[[np.ndarray, Any], None], max_geom: int = 10000,
+                 start_timeout_s: float = 60.0) -> None:
+        import threading
+
+        mujoco = sim._mujoco
+        self._mujoco = mujoco
+        self._sim = sim
+        self._on_frame = on_frame
+        self._camera = sim.make_camera()
+        self._option = mujoco.MjvOption()
+        sim._prepare_offscreen()  # before the context below creates its offscreen buffer
+        size = sim.config.image_size
+        if size > sim.model.vis.global_.offwidth or size > sim.model.vis.global_.offheight:
+            raise ValueError(f"image_size {size} exceeds the model's offscreen buffer "
+                             f"{sim.model.vis.global_.offwidth}x{sim.model.vis.global_.offheight}")
+        self._size = size
+        # one being rendered, one waiting, one being captured: a capture never waits for the render
+        self._free = []
+        for _ in range(3):
+            scene = mujoco.MjvScene(sim.model, maxgeom=max_geom)
+            sim.apply_render_flags(scene)
+            self._free.append(scene)
+        self._pending: tuple[Any, Any] | None = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._error: BaseException | None = None
+        self.rendered = 0
+        self.replaced = 0  # captures dropped because a newer one came before they were rendered
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="kitchen_render", daemon=True)
+        self._thread.start()
+        if not started.wait(start_timeout_s):
+            raise RuntimeError(f"the kitchen's render thread did not start in {start_timeout_s:.0f} s")
+        if self._error is not None:
+            raise RuntimeError(f"the kitchen's render thread failed to start: {self._error!r}") from self._error
+
+    def capture(self, tag: Any) -> None:
+        """Record the current state's scene for rendering; ``tag`` comes back with its frame."""
+        mujoco = self._mujoco
+        with self._cond:
+            if self._error is not None:
+                raise RuntimeError(f"the kitchen's render thread died: {self._error!r}") from self._error
+            if self._stop:
+                raise RuntimeError("the frame renderer is closed")
+            scene = self._free.pop()
+        mujoco.mjv_updateScene(self._sim.model, self._sim.data, self._option, None, self._camera,
+                               mujoco.mjtCatBit.mjCAT_ALL, scene)
+        with self._cond:
+            if self._pending is not None:
+                self._free.append(self._pending[0])
+                self.replaced += 1
+            self._pending = (scene, tag)
+            self._cond.notify()
+
+    def _run(self, started) -> None:
+        mujoco = self._mujoco
+        gl = ctx = None
+        try:
+            try:
+                gl = mujoco.GLContext(self._size, self._size)
+                gl.make_current()
+                ctx = mujoco.MjrContext(self._sim.model, mujoco.mjtFontScale.mjFONTSCALE_150)
+                mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, ctx)
+                rect = mujoco.MjrRect(0, 0, self._size, self._size)
+            finally:
+                started.set()
+            while True:
+                with self._cond:
+                    while self._pending is None and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    (scene, tag), self._pending = self._pending, None
+                try:
+                    rgb = np.empty((self._size, self._size, 3), dtype=np.uint8)
+                    mujoco.mjr_render(rect, scene, ctx)
+                    mujoco.mjr_readPixels(rgb, None, rect, ctx)
+                finally:
+                    with self._cond:
+                        self._free.append(scene)
+                self.rendered += 1
+                self._on_frame(np.flipud(rgb).copy(), tag)  # GL's rows run bottom-up
+        except BaseException as exc:  # noqa: BLE001 - raised by the next capture()
+            with self._cond:
+                self._error = exc
+            LOG.error("kitchen render thread died: %r", exc)
+        finally:
+            if ctx is not None:
+                ctx.free()
+            if gl is not None:
+                gl.free()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
 
 
 class KitchenArm:
