@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
@@ -217,6 +217,72 @@ def drain(executor, nodes, timeout_s: float = 10.0) -> None:
         pass
 
 
+class ExecutorThreads:
+    """Each node in its own executor (:func:`node_executor`), each executor spinning in a thread of its own: the
+    in-process runner's graph. With one executor for all nodes, a node's callbacks waited behind every other
+    node's, and in rclpy's multi-threaded dispatch (see :func:`node_executor`).
+
+    It answers the part of an executor's interface that :func:`drain` uses, so one drain serves both runners:
+    while the threads run, ``spin_once`` only waits (the threads do the spinning); ``remove_node`` first stops
+    every thread (each after its current callback), after which ``spin_once`` runs what is still queued, once
+    per executor."""
+
+    def __init__(self, nodes, context=None) -> None:
+        import threading
+
+        self._pairs = []
+        for n in nodes:
+            ex = node_executor(n, context=context)
+            ex.add_node(n)
+            self._pairs.append((n, ex))
+        self._running = threading.Event()
+        self._threads = [threading.Thread(target=self._spin, args=(ex,), name=f"executor:{n.get_name()}",
+                                          daemon=True) for n, ex in self._pairs]
+        self.errors: list[BaseException] = []
+
+    def _spin(self, ex) -> None:
+        try:
+            while self._running.is_set() and rclpy.ok(context=ex.context):
+                ex.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - a node's callback raised: the runner reports it and stops
+            self.errors.append(exc)
+            raise
+
+    def start(self) -> None:
+        self._running.set()
+        for t in self._threads:
+            t.start()
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._running.clear()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout_s)
+
+    def spin_once(self, timeout_sec: float = 0.0) -> None:
+        if self._running.is_set():
+            time.sleep(timeout_sec)
+            return
+        for _, ex in self._pairs:
+            ex.spin_once(timeout_sec=0.0)
+
+    def remove_node(self, node) -> None:
+        self.stop()
+        for n, ex in self._pairs:
+            if n is node:
+                ex.remove_node(n)
+
+    def shutdown(self, timeout_sec: float | None = None) -> None:
+        self.stop()
+        for _, ex in self._pairs:
+            ex.shutdown(timeout_sec=timeout_sec)
+
+
 class RosLogHandler(logging.Handler):
     """Routes the core's Python logging (``extract_skills.*``: executor, franky arm, checkpoints) into ROS
     logging under the record's logger name, so those lines reach the console, /rosout and the log files like
@@ -245,10 +311,23 @@ def route_core_logging() -> None:
     pkg.propagate = False  # printed once, by ROS
 
 
+def node_executor(node: Node, context=None) -> SingleThreadedExecutor:
+    """The executor a node runs in: single-threaded. A callback that must block (the decoder's skill, move home
+    and first-contact wait) runs its body in a thread of its own and awaits it (the decoder's ``_off_executor``).
+
+    Why not rclpy's MultiThreadedExecutor: in rclpy 9.1.2 (the Kilted wheels) it re-yields a callback that it has
+    handed to its pool but that no worker has started yet, in a loop that holds the GIL, so the workers start late
+    (ros2/rclpy#1452, fixed upstream after this release). Measured on the kitchen sim node alone, command ->
+    callback p99 199 ms / max 377 ms against 1.2 / 2.1 ms single-threaded; in the soak, 82-101 dropped control
+    ticks per 4 minutes against 0 (benchmarks/RESULTS.md, "The dropped ticks found")."""
+    del node  # one kind for every node; the argument keeps the call sites explicit about what they run
+    return SingleThreadedExecutor(context=context)
+
+
 def run_node(node_cls, args=None) -> None:
-    """`main()` of every node: one node, a MultiThreadedExecutor, and on Ctrl-C/SIGTERM (or when the node
-    asks) a drained exit: the decoder's running skill ends through its stop path with a result, then the
-    node is closed and destroyed."""
+    """`main()` of every node: one node, its executor (:func:`node_executor`), and on Ctrl-C/SIGTERM (or when
+    the node asks) a drained exit: the decoder's running skill ends through its stop path with a result, then
+    the node is closed and destroyed."""
     init_rclpy(args)
     route_core_logging()  # before the node is built: its constructor connects the arm and logs the versions
     try:
@@ -256,7 +335,7 @@ def run_node(node_cls, args=None) -> None:
     except KeyboardInterrupt:  # stopped while still starting: nothing runs yet, nothing to drain
         rclpy.shutdown()
         return
-    executor = MultiThreadedExecutor()
+    executor = node_executor(node)
     executor.add_node(node)
     try:
         while rclpy.ok() and not getattr(node, "finished", False):

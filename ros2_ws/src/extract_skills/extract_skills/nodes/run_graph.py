@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
 
-    from extract_skills.nodes.common import drain, init_rclpy, route_core_logging
+    from extract_skills.nodes.common import ExecutorThreads, drain, init_rclpy, route_core_logging
 
     params = node_parameters(ns.mode, parse_launch_args(ns.args), ns.params)
     init_rclpy()
@@ -114,16 +114,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_graph: cannot start the {ns.mode} graph: {exc}", file=sys.stderr)
         rclpy.shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=6)
-    for n in nodes:
-        executor.add_node(n)
+    # a node per executor, an executor per thread: one shared executor queued each node's callbacks behind the others'
+    executor = ExecutorThreads(nodes)
     supervisor = next(n for n in nodes if n.get_name() == "reward_reset_supervisor")
     policy = next(n for n in nodes if n.get_name() == "skill_policy")
     bar = _progress(supervisor, policy)
     t0 = time.monotonic()
     rc = 0
+    executor.start()
     try:
         while rclpy.ok() and not supervisor.finished:
+            if not executor.alive():
+                print(f"run_graph: a node's callback failed: {executor.errors!r}", file=sys.stderr)
+                rc = 1
+                break
             executor.spin_once(timeout_sec=0.1)
             bar()
             if ns.timeout_s and time.monotonic() - t0 > ns.timeout_s:

@@ -18,6 +18,7 @@ from extract_msgs.action import ExecuteSkill
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header, String
@@ -149,6 +150,11 @@ class TopicArm(Arm):
 
 
 class SkillDecoderServer(Node):
+    """Callbacks that block (a whole skill, a move home, a goal's first-contact wait for its sender's heartbeat)
+    run in a thread of their own and their callback awaits them (:meth:`_off_executor`), so the node needs only
+    a single-threaded executor (see ``node_executor``), which keeps serving arm states, heartbeats and cancels
+    while a skill runs."""
+
     def __init__(self, **kwargs) -> None:
         super().__init__("skill_decoder", **kwargs)
         self.p = declare(self, DEFAULTS, {
@@ -208,10 +214,10 @@ class SkillDecoderServer(Node):
         steady_timer(self, 1.0 / max(p["diagnostics_hz"], 1e-3), self.publish_diagnostics, callback_group=group)
         self.pub_cmd = self.create_publisher(JointState, TOPICS["joint_commands"], 10) if kind != "sim" else None
         subscribe(self, Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10, callback_group=group)
-        self.server = ActionServer(self, ExecuteSkill, ACTION_EXECUTE_SKILL, self._execute,
-                                   goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
+        self.server = ActionServer(self, ExecuteSkill, ACTION_EXECUTE_SKILL, self._execute_async,
+                                   goal_callback=self._on_goal_async, handle_accepted_callback=self._on_accepted,
                                    cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=group)
-        self.create_service(Trigger, SERVICES["move_home"], self._on_move_home, callback_group=group)
+        self.create_service(Trigger, SERVICES["move_home"], self._on_move_home_async, callback_group=group)
         if kind != "sim":
             self.pub_js = self.create_publisher(JointState, TOPICS["joint_states"], 10)
             steady_timer(self, 1.0 / p["publish_joint_states_hz"], self._publish_state, callback_group=group)
@@ -231,6 +237,32 @@ class SkillDecoderServer(Node):
                                          relative_dynamics_factor=self.p["robot_dynamics_factor"]), self.limits)
 
     # -------------------------------------------------------------------------- callbacks
+    async def _off_executor(self, name: str, fn, *args):
+        """Run ``fn(*args)`` in a thread of its own and await its result without holding the executor: it goes on
+        serving the node's other callbacks meanwhile. The future's done callback wakes the executor when the
+        thread is done (a future completed without one would wait for the next unrelated event)."""
+        done = Future(executor=self.executor)
+        done.add_done_callback(lambda _f: None)
+
+        def run() -> None:
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the callback, where rclpy reports it
+                done.set_exception(exc)
+
+        threading.Thread(target=run, name=f"skill_decoder:{name}", daemon=True).start()
+        return await done
+
+    # rclpy awaits a callback only if it is a coroutine function (not a lambda returning a coroutine)
+    async def _execute_async(self, handle) -> ExecuteSkill.Result:
+        return await self._off_executor("skill", self._execute, handle)
+
+    async def _on_goal_async(self, goal: ExecuteSkill.Goal) -> GoalResponse:
+        return await self._off_executor("goal check", self._on_goal, goal)
+
+    async def _on_move_home_async(self, req, resp):
+        return await self._off_executor("move home", self._on_move_home, req, resp)
+
     def _on_heartbeat(self, msg: Header) -> None:
         if msg.frame_id:  # the sender names itself; a goal names the sender whose heartbeat watches it
             self._heartbeats[msg.frame_id] = time.monotonic()
