@@ -317,9 +317,9 @@ def node_executor(node: Node, context=None) -> SingleThreadedExecutor:
 
     Why not rclpy's MultiThreadedExecutor: in rclpy 9.1.2 (the Kilted wheels) it re-yields a callback that it has
     handed to its pool but that no worker has started yet, in a loop that holds the GIL, so the workers start late
-    (ros2/rclpy#1452, fixed upstream after this release). Measured on the kitchen sim node alone, command ->
-    callback p99 199 ms / max 377 ms against 1.2 / 2.1 ms single-threaded; in the soak, 82-101 dropped control
-    ticks per 4 minutes against 0 (benchmarks/RESULTS.md, "The dropped ticks found")."""
+    (ros2/rclpy#1452, fixed upstream after this release). Measured on the kitchen sim node
+    (benchmarks/executor_latency.py), command -> state p99 1,066 ms against 7.4 ms single-threaded; in the soak,
+    82-101 dropped control ticks per 4 minutes against 0 (benchmarks/RESULTS.md, "The dropped ticks found")."""
     del node  # one kind for every node; the argument keeps the call sites explicit about what they run
     return SingleThreadedExecutor(context=context)
 
