@@ -46,6 +46,7 @@ def _params(d: dict) -> list[Parameter]:
 
 def test_sim_episode_end_to_end(models, tmp_path):
     """image -> embedding -> SkillCommand -> ExecuteSkill -> joint commands move the sim arm -> EpisodeEvent."""
+    from extract_skills.nodes.common import ExecutorThreads, drain
     from extract_skills.nodes.run_graph import build_nodes, node_parameters
 
     summary_json = tmp_path / "runs" / "summary.json"  # the launch argument run_sim.sh sets, in a missing dir
@@ -63,13 +64,16 @@ def test_sim_episode_end_to_end(models, tmp_path):
         obs.create_subscription(JointState, TOPICS["joint_commands"], got["joint_cmds"].append, 500)
         obs.create_subscription(JointState, TOPICS["joint_states"], got["joints"].append, 500)
         obs.create_subscription(SkillEmbedding, TOPICS["embedding"], got["emb"].append, 500)
-        ex = MultiThreadedExecutor(num_threads=6, context=ctx)
-        for n in [*nodes, obs]:
-            ex.add_node(n)
+        # as run_graph runs them: each node in its own single-threaded executor, each in its own thread
+        ex = ExecutorThreads([*nodes, obs], context=ctx)
+        ex.start()
         sup = by_name["reward_reset_supervisor"]
         try:
             assert spin_until(ex, lambda: sup.finished, 150.0), f"episode did not finish; events={got['events']}"
+            assert ex.alive() and not ex.errors
         finally:
+            drain(ex, nodes)
+            ex.shutdown(timeout_sec=5.0)
             for n in nodes:
                 n.close() if hasattr(n, "close") else None
     events = [e.event for e in got["events"]]

@@ -121,9 +121,9 @@ class KitchenSimNode(Node):
         try:
             sim = KitchenSim(KitchenConfig(image_size=self.p["image_size"], fast_render=self.p["fast_render"],
                                            render=False))
-            # Frames render in a thread of their own: the physics takes the next command while a frame renders
-            # (25-35 ms) instead of after it; a decoder waiting for each step's state (lockstep) is not held
-            # up by the camera (benchmarks/RESULTS.md, soak: the render thread).
+            # Frames render in a thread of their own, so the physics takes the next command while a frame renders
+            # and the command rate does not depend on the image size (at 128 px the soak's missed ticks did not
+            # change: benchmarks/RESULTS.md, "The dropped ticks found").
             frames = FrameRenderer(sim, self._publish_image)
         except BaseException as exc:  # noqa: BLE001 - reported to the constructor
             self._error = exc
