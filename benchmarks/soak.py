@@ -123,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     from extract_msgs.action import ExecuteSkill
     from extract_msgs.msg import EpisodeEvent, SkillCommand, SkillEmbedding
     from rclpy.action import ActionClient
-    from rclpy.executors import MultiThreadedExecutor
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
@@ -131,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from extract_skills.core.control.skill_executor import LoopTiming, missed_ticks
     from extract_skills.graph import TOPICS
+    from extract_skills.nodes.common import node_executor, stamp_to_s
     from extract_skills.nodes.skill_policy_node import HEARTBEAT_TOPIC
 
     extra = {"reward_reset_supervisor": ["-p", "num_episodes:=0"], "skill_policy": ["-p", "seed:=0"]}
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rclpy.init()
     node = rclpy.create_node("soak")
-    ex = MultiThreadedExecutor(num_threads=2)
+    ex = node_executor()  # as the nodes: a multi-threaded one would delay this observer's own arrivals
     ex.add_node(node)
     stats = {"episodes": 0, "gaps": [], "gaps_across_events": [], "frame_to_goal": [], "frame_to_embedding": [],
              "embedding_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             stats["stream_gaps"][stream].append((round(now - t, 1), last_fault["kind"], round(now - last_fault["t"], 1)))
         last_seen[stream] = now
     last_fb: dict[bytes, tuple[float, int]] = {}  # goal id -> (arrival, step)
+    first_commands: set[bytes] = set()  # a goal's first command: the interval before it is a skill gap, not a tick
     state = {"goal": None, "prev_goal_end": None, "current": None, "last_event_t": 0.0}
 
     def on_feedback(msg) -> None:
@@ -235,10 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     # delays do not enter: "sim" = the command's trip to the sim, waiting for its physics thread and the step;
     # "decoder" = the state's trip back, the decoder's next output and its sleep to the next tick.
     trip = {"cmd": None, "state": None}
-    first_commands: set[bytes] = set()  # a goal's first command: the interval before it is a skill gap, not a tick
 
     def on_joint_command(msg: JointState) -> None:
-        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        t = stamp_to_s(msg.header.stamp)
         prev, st = trip["cmd"], trip["state"]
         if prev is not None and st is not None and prev < st < t and t - prev < 2.0:
             stats["trips"].append((t - prev, st - prev, t - st, np.asarray(msg.position[:7], float).tobytes()))
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_joint_state(msg: JointState) -> None:
         seen("joint_state")
-        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        t = stamp_to_s(msg.header.stamp)
         if msg.header.stamp.sec and trip["cmd"] is not None and trip["state"] is None and t > trip["cmd"]:
             trip["state"] = t  # the first state after the command: its step (lockstep); junk carries stamp 0
 
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {what} p50 / p99 (ms, n={len(v)}) | {pct(v, 50):.0f} / {pct(v, 99):.0f} |")
     # within a goal only (by the commanded joints, which the feedback repeats exactly)
     trips = np.asarray([t[:3] for t in stats["trips"] if t[3] not in first_commands]).reshape(-1, 3) * 1e3
-    late = trips[trips[:, 0] > 1.5 * PERIOD_S * 1e3]
+    late = trips[[missed_ticks(t / 1e3, PERIOD_S) > 0 for t in trips[:, 0]]]
     for rows, what in ((trips, "all"), (late, "late (> 1.5 periods)")):
         print(f"| command -> next command, {what}: n; p50 / p99 of the interval, ... to the sim's state, ... state -> "
               f"next command (ms) | {len(rows)}; " + ", ".join(f"{pct(rows[:, i], 50):.0f} / {pct(rows[:, i], 99):.0f}"

@@ -232,7 +232,7 @@ class ExecutorThreads:
 
         self._pairs = []
         for n in nodes:
-            ex = node_executor(n, context=context)
+            ex = node_executor(context=context)
             ex.add_node(n)
             self._pairs.append((n, ex))
         self._running = threading.Event()
@@ -311,7 +311,7 @@ def route_core_logging() -> None:
     pkg.propagate = False  # printed once, by ROS
 
 
-def node_executor(node: Node, context=None) -> SingleThreadedExecutor:
+def node_executor(context=None) -> SingleThreadedExecutor:
     """The executor a node runs in: single-threaded. A callback that must block (the decoder's skill, move home
     and first-contact wait) runs its body in a thread of its own and awaits it (the decoder's ``_off_executor``).
 
@@ -320,7 +320,6 @@ def node_executor(node: Node, context=None) -> SingleThreadedExecutor:
     (ros2/rclpy#1452, fixed upstream after this release). Measured on the kitchen sim node
     (benchmarks/executor_latency.py), command -> state p99 1,066 ms against 7.4 ms single-threaded; in the soak,
     82-101 dropped control ticks per 4 minutes against 0 (benchmarks/RESULTS.md, "The dropped ticks found")."""
-    del node  # one kind for every node; the argument keeps the call sites explicit about what they run
     return SingleThreadedExecutor(context=context)
 
 
@@ -335,7 +334,7 @@ def run_node(node_cls, args=None) -> None:
     except KeyboardInterrupt:  # stopped while still starting: nothing runs yet, nothing to drain
         rclpy.shutdown()
         return
-    executor = node_executor(node)
+    executor = node_executor()
     executor.add_node(node)
     try:
         while rclpy.ok() and not getattr(node, "finished", False):
