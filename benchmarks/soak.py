@@ -22,13 +22,18 @@ Measured from the outside (a ROS node in this process plus /proc):
   skill gap     last feedback of one goal -> first feedback of the next (< 2 s apart), split by whether an
                 episode event (end, reset, start) came in between: those are not a decision's latency
   frame -> goal camera image arrival here -> arrival of the SkillCommand carrying that image's stamp (the goal is
-                sent right after the command is published)
+                sent right after the command is published); a decision whose frame came before an episode event
+                (the policy waited for the supervisor's START) is reported apart, as the skill gaps are, and only
+                the first goal decided on a frame counts (after a skill refused at its first step the policy decides
+                again on the same frame: those are counted apart)
+The raw samples are written to <log-dir>/samples.json.
 
     .venv/bin/python benchmarks/soak.py [--minutes 10] [--fault-every 5]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ex = node_executor()  # as the nodes: a multi-threaded one would delay this observer's own arrivals
     ex.add_node(node)
     stats = {"episodes": 0, "gaps": [], "gaps_across_events": [], "frame_to_goal": [], "frame_to_embedding": [],
+             "frame_to_goal_across_events": [], "frame_reused": [],
              "embedding_to_goal": [], "ticks_dropped": 0, "feedback": 0, "faults": {},
              "ends": {}, "stream_gaps": {"image": [], "joint_state": [], "embedding": []}, "trips": []}
     last_seen: dict[str, float] = {}
@@ -193,11 +199,22 @@ def main(argv: list[str] | None = None) -> int:
         seen("embedding")
         arrived(embedded, msg.header.stamp)
 
+    decided: set[tuple[int, int]] = set()  # frame stamps a goal was already decided on
+
     def on_command(msg: SkillCommand) -> None:
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         t, t_emb = frames.get(key), embedded.get(key)
         if t is not None and msg.policy != SkillCommand.POLICY_OPERATOR:
             now = time.monotonic()
+            if key in decided:  # a skill that moved nothing (refused at its first step): the same frame again
+                stats["frame_reused"].append(now - t)
+                return
+            decided.add(key)
+            if len(decided) > 500:
+                decided.discard(min(decided))
+            if state["last_event_t"] > t:  # an episode started (or ended) after the frame: the policy waited for it
+                stats["frame_to_goal_across_events"].append(now - t)
+                return
             stats["frame_to_goal"].append(now - t)  # the command carries its frame's stamp
             if t_emb is not None:  # split: camera node (embedding) and policy (decision)
                 stats["frame_to_embedding"].append(t_emb - t)
@@ -253,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     node.create_subscription(ExecuteSkill.Impl.FeedbackMessage, "/execute_skill/_action/feedback", on_feedback, 100)
     node.create_subscription(SkillCommand, TOPICS["skill_command"], on_command, 50)
     node.create_subscription(Image, TOPICS["image"], on_image, qos_profile_sensor_data)
-    node.create_subscription(JointState, TOPICS["joint_states"], on_joint_state, 10)
+    # deep, as the decoder's: the junk fault's burst evicted the sim's real state from a 10-deep queue here too
+    node.create_subscription(JointState, TOPICS["joint_states"], on_joint_state, 200)
     node.create_subscription(JointState, TOPICS["joint_commands"], on_joint_command, 10)
     node.create_subscription(SkillEmbedding, TOPICS["embedding"], on_embedding, 10)
     node.create_subscription(EpisodeEvent, TOPICS["episode_event"], on_event, 50)
@@ -296,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             procs["skill_decoder"] = start("skill_decoder", ns.log_dir, [])
         stats["faults"][kind] = stats["faults"].get(kind, 0) + 1
         last_fault.update(kind=kind, t=time.monotonic())
+        print(f"fault {kind} injected at {time.time():.3f} (wall clock, as the nodes' log lines)", file=sys.stderr)
 
     t0 = time.monotonic()
     t_end = t0 + ns.warmup_s + 60.0 * ns.minutes
@@ -315,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu0 = {name: (p.pid, cpu_s(p.pid)) for name, p in procs.items()}
                 t_cpu0, dec0, own_cpu0 = time.monotonic(), decoder_totals(), time.process_time()
                 stats.update(gaps=[], gaps_across_events=[], frame_to_goal=[], frame_to_embedding=[],
+                             frame_to_goal_across_events=[], frame_reused=[],
                              embedding_to_goal=[], ticks_dropped=0, feedback=0, trips=[],
                              episodes=0)  # measure after warm-up
             if rss0 and not rss_mid and now >= t_mid:
@@ -349,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     halves = {name: ((rss_mid[p.pid] / rss0[p.pid] - 1.0) * 100.0, (rss1[p.pid] / rss_mid[p.pid] - 1.0) * 100.0)
               for name, p in procs.items() if p.pid in rss0 and p.pid in rss_mid}
     gaps, f2g = np.asarray(stats["gaps"]) * 1e3, np.asarray(stats["frame_to_goal"]) * 1e3
+    (ns.log_dir / "samples.json").write_text(json.dumps(
+        {k: np.asarray(stats[k]).round(6).tolist() for k in ("gaps", "gaps_across_events", "frame_to_goal",
+                                                            "frame_to_goal_across_events", "frame_reused",
+                                                            "frame_to_embedding",
+                                                            "embedding_to_goal")}))
     print(f"\nSoak: {ns.minutes:g} min after a {ns.warmup_s:g} s warm-up, a fault every {ns.fault_every:g} s "
           f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})"
           + (f"; niceness {', '.join(f'{k} {v}' for k, v in NICE.items())}" if NICE else "") + "\n")
@@ -378,6 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| gaps with an episode event in between, p50 / max (ms, n={len(across)}; not in the row above) | "
           f"{pct(across, 50):.0f} / {np.max(across) if len(across) else float('nan'):.0f} |")
     print(f"| frame -> goal p50 / p99 (ms, n={len(f2g)}) | {pct(f2g, 50):.0f} / {pct(f2g, 99):.0f} |")
+    across = np.asarray(stats["frame_to_goal_across_events"]) * 1e3
+    print(f"| frame -> goal with an episode event after the frame, p50 / max (ms, n={len(across)}; not in the row "
+          f"above or below) | {pct(across, 50):.0f} / {np.max(across) if len(across) else float('nan'):.0f} |")
+    print(f"| goals decided again on a frame already decided on (the skill before moved nothing; not in the rows "
+          f"above or below) | {len(stats['frame_reused'])} |")
+    every = np.concatenate([f2g, across, np.asarray(stats["frame_reused"]) * 1e3])
+    print(f"| frame -> goal over every goal, as counted until session 10, p50 / p99 (ms, n={len(every)}) | "
+          f"{pct(every, 50):.0f} / {pct(every, 99):.0f} |")
     for key, what in (("frame_to_embedding", "... of which frame -> its embedding (camera node)"),
                       ("embedding_to_goal", "... and embedding -> goal (policy)")):
         v = np.asarray(stats[key]) * 1e3

@@ -616,6 +616,33 @@ def test_sim_lockstep_steps_once_per_command_and_the_decoder_arm_waits_for_that_
         assert time.monotonic() - t0 >= 0.5
 
 
+def test_a_burst_of_junk_joint_states_does_not_evict_the_sims_state_from_the_decoders_arm():
+    """The soak's junk fault (50 malformed joint states at once) evicted the sim's real state from the decoder's
+    10-deep queue; under lockstep the next one came only at the sim's idle tick, 240 ms later (a missed control
+    tick per hit). Published before anything is taken from the queue: the real state must still arrive."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    from extract_skills.core.control.safety import SafetyLimits
+    from extract_skills.core.sim.scripted_demos import REST_Q
+    from extract_skills.nodes.common import joint_state_msg
+    from extract_skills.nodes.skill_decoder_server import TopicArm
+
+    with RclpyContext() as ctx:
+        node = rclpy.create_node("junk_burst_test", context=ctx)
+        arm = TopicArm(node, SafetyLimits(robot="panda", max_step_delta=0.16), fresh_state_timeout_s=1.0)
+        pub = node.create_publisher(JointState, TOPICS["joint_states"], 200)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0)
+        pub.publish(joint_state_msg(REST_Q, 0.7, node.get_clock().now().to_msg()))
+        for n in range(150):
+            pub.publish(JointState(name=["fr3_joint1"] * (n % 7), position=[1e3] * (n % 7)))
+        assert spin_until(ex, lambda: arm._state is not None, 5.0), "the sim's state was lost behind the junk"
+        np.testing.assert_allclose(arm._state.q, REST_Q)
+        assert arm._state.gripper == pytest.approx(0.7)
+        ex.shutdown()
+
+
 def test_policy_decides_on_the_frame_of_the_skills_last_step_and_never_on_an_older_one(models):
     """The decoder's result carries the stamp of the arm state the skill ended in. The policy's next decision may use
     a frame that new, which arrived before the result (the sim's frame of the last step), instead of waiting for

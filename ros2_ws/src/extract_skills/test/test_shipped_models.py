@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from extract_skills.core.skills.checkpoint import CheckpointMismatchError, load_skill_bundle
-from extract_skills.core.skills.deployment import load_deployment_bundle, load_deployment_encoder
+from extract_skills.core.skills.deployment import encoder_path_for, load_deployment_bundle, load_deployment_encoder
+from extract_skills.core.skills.encoders import load_encoder
 from extract_skills.core.control.safety import SafetyLimits, check_command
 from extract_skills.core.sim.scripted_demos import REST_Q
 from extract_skills.graph import default_models_dir
@@ -25,6 +26,9 @@ def test_encoder_matches_checkpoint(bundle):
     frames = np.random.default_rng(0).integers(0, 255, (2, 128, 128, 3), dtype=np.uint8)
     e = enc.embed_frames(frames)
     assert e.shape == (2, bundle.meta.embed_dim) and np.all(np.isfinite(e))
+    # the camera node's (channels-last) encoder embeds as the offline pipeline's did
+    offline = load_encoder(bundle.meta.encoder_name, encoder_path_for(CKPT, bundle.meta.encoder_name))
+    np.testing.assert_allclose(e, offline.embed_frames(frames), rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_refuses_other_expectations(bundle):

@@ -14,7 +14,7 @@ from extract_skills.core.control.arm import (
     FakeArm,
     FakeArmScript,
 )
-from extract_skills.core.control.safety import SafetyLimits, check_command
+from extract_skills.core.control.safety import SafetyLimits, check_command, robot_model
 from extract_skills.core.control.skill_executor import (
     ExecutorConfig,
     Fault,
@@ -142,6 +142,58 @@ def test_missed_control_ticks_are_counted_at_the_sender_and_blamed_on_the_phase_
     ex.sleep = clock.sleep
     res = ex.run(actions(10))  # paced on time: nothing missed, nothing carried over from the last skill
     assert res.ticks_dropped == 0 and sum(res.late_phase_s.values()) == 0.0
+
+
+def _send_times(arm, clock):
+    times = []
+    orig = arm._send
+    arm._send = lambda cmd: (times.append(clock()), orig(cmd))
+    return times
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_a_skill_ends_on_the_twins_state_after_its_last_command_and_the_next_keeps_the_period(final):
+    """An arm whose next state is final (the sim twin) ends a skill as soon as that state is read after the
+    announced last command (no sleep out of the period); a real arm waits the period. Either way no command
+    leaves less than a period after the one before, across skills too."""
+    arm, ex, clock = make(config=ExecutorConfig(period_s=0.08, max_steps=100, stop_progress=1.0))
+    arm.state_after_command_is_final = final
+    sent = _send_times(arm, clock)
+    t0 = clock()
+    res = ex.run(actions(10))
+    assert res.success and res.steps_executed == 10
+    assert clock() - t0 == pytest.approx((9 if final else 10) * 0.08)
+    res = ex.run(actions(3))  # the next skill starts at once
+    assert res.success and res.ticks_dropped == 0
+    gaps = np.diff(sent)
+    assert len(sent) == 13 and np.all(gaps >= 0.08 - 1e-9) and np.all(gaps <= 0.08 + 1e-9)
+
+
+def test_a_decoder_that_goes_on_after_announcing_its_end_is_still_paced():
+    arm, ex, clock = make(config=ExecutorConfig(period_s=0.08, max_steps=100, stop_progress=0.5))
+    arm.state_after_command_is_final = True
+    sent = _send_times(arm, clock)
+    res = ex.run(actions(6))  # progress reaches 0.5 at step 3 and the decoder goes on to 6
+    assert res.success and res.steps_executed == 6 and res.ticks_dropped == 0
+    assert np.all(np.diff(sent) >= 0.08 - 1e-9)
+
+
+def test_a_stop_the_safety_function_refuses_is_an_unsafe_abort_not_an_exception():
+    """The sim twin stops by commanding a hold through check_command; with a joint measured past its limit the
+    hold itself is refused (seen in the soak: joint 6 at -0.19 rad). run() must still return a result."""
+    arm, ex, _ = make()
+    limits = LIMITS
+
+    def stop():
+        s = arm.read_state()
+        arm.send(check_command(s.q, s.q, s.gripper, limits))
+
+    arm.stop = stop
+    arm.q[5] = robot_model("fr3").q_min[5] - 0.19  # joint 6 below its limit by more than one step
+    res = ex.run(actions(5))
+    assert res.status is SkillStatus.ABORTED and res.fault is Fault.UNSAFE
+    assert "supervised recovery" in res.error and "stop command refused" in res.error
+    assert arm.commands == []  # nothing reached the arm
 
 
 def test_step_limit_truncates():

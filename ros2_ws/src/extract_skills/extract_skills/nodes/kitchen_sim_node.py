@@ -82,6 +82,7 @@ class KitchenSimNode(Node):
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.dt = 0.08
+        self.slow_steps = 0  # commands whose state went out more than a control period after they arrived
         self.pub_image = self.create_publisher(Image, TOPICS["image"], QoSProfile(
             depth=5, reliability=ReliabilityPolicy[self.p["image_reliability"].upper()]))
         self.pub_joints = self.create_publisher(JointState, TOPICS["joint_states"], 10)
@@ -101,9 +102,11 @@ class KitchenSimNode(Node):
         except ValueError as exc:  # the decoder only sends checked commands; anything else is dropped
             self.get_logger().error(f"dropping malformed joint command: {exc}")
             return
+        # how long after the decoder stamped it the command reached this callback (one wall clock on one machine)
+        transit = time.time() - (msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)
         with self._lock:
             self._target = (q, gripper)
-            self._commands.append((q, gripper))
+            self._commands.append((q, gripper, time.monotonic(), transit))
             self._command_ready.notify()
 
     def _on_reset(self, _req, resp):
@@ -165,7 +168,7 @@ class KitchenSimNode(Node):
                         if not self._commands and not self._reset_requests:
                             self._command_ready.wait(idle_s)
                         if self._commands:
-                            commanded = self._commands.popleft()
+                            *commanded, t_arrived, transit = self._commands.popleft()
                     else:
                         self._commands.clear()
                     target = commanded if commanded is not None else self._target
@@ -177,8 +180,12 @@ class KitchenSimNode(Node):
                     target = (s.q, s.gripper)
                     with self._lock:
                         self._target = target
+                t_step = time.monotonic()
                 step = arm.step_to(*target)
+                t_stepped = time.monotonic()
                 frames.capture(self._publish_state(step.obs, arm.read_state()))
+                if commanded is not None:
+                    self._check_slow(transit, t_step - t_arrived, t_stepped - t_step, time.monotonic() - t_stepped)
                 if lockstep:
                     continue  # the next command (or the idle timeout) paces the next tick
                 next_tick += period
@@ -193,6 +200,17 @@ class KitchenSimNode(Node):
         finally:
             frames.close()
             sim.close()
+
+    def _check_slow(self, transit: float, waited: float, stepped: float, published: float) -> None:
+        """A command whose state went out more than a control period after the decoder sent it is logged with where
+        the time went (the soak's late intervals are spent before this node's state)."""
+        total = transit + waited + stepped + published
+        if total > self.dt:
+            self.slow_steps += 1
+            self.get_logger().warning(
+                f"command -> state took {total * 1e3:.0f} ms (to this node's callback {transit * 1e3:.0f}, queued "
+                f"{waited * 1e3:.0f}, physics {stepped * 1e3:.0f}, publish {published * 1e3:.0f}); "
+                f"{self.slow_steps} so far")
 
     def _publish_state(self, obs, state):
         """The step's joint state and subtask flags; returns their stamp, which the step's frame carries too."""

@@ -70,12 +70,19 @@ DEFAULTS = {
 }
 
 
+STATE_QUEUE_DEPTH = 200  # joint states the TopicArm's subscription holds before the oldest is dropped
+
+
 class TopicArm(Arm):
     """The kitchen sim node as an Arm: checked targets out on /joint_commands, state in from /joint_states.
 
     After a command, :meth:`read_state` waits (up to ``fresh_state_timeout_s``) for a joint state received after
     it, so a closed-loop decoder's next step sees the motion its last command caused, as the real arm's state
     does; a sim that stops answering is an :class:`ArmNetworkError`, not a stale state fed to the decoder."""
+
+    # The sim steps one whole control period per command (lockstep) or applies it for a whole tick (free-running)
+    # before it publishes the state that follows: that state is final, and a skill can end on it.
+    state_after_command_is_final = True
 
     def __init__(self, node: Node, limits: SafetyLimits, stationary_tol: float = 0.05,
                  fresh_state_timeout_s: float = 1.0, first_state_wait_s: float = 0.0) -> None:
@@ -89,8 +96,10 @@ class TopicArm(Arm):
         self._sent_at: float | None = None  # monotonic time of the last command
         self._fresh = threading.Condition()
         self._pub = node.create_publisher(JointState, TOPICS["joint_commands"], 10)
-        subscribe(node, JointState, TOPICS["joint_states"], self._on_state, 10,
-                                 callback_group=ReentrantCallbackGroup())
+        # Deep: a burst of foreign messages on the topic (the soak's junk fault: 50 at once) evicted the sim's real
+        # state from a 10-deep queue, and under lockstep the sim sends the next one only at its idle tick (240 ms).
+        subscribe(node, JointState, TOPICS["joint_states"], self._on_state, STATE_QUEUE_DEPTH,
+                  callback_group=ReentrantCallbackGroup())
 
     def _on_state(self, msg: JointState) -> None:
         try:
@@ -185,7 +194,7 @@ class SkillDecoderServer(Node):
         # checkpoint, never duplicated here (a parameter could disagree with what the model learnt).
         self.executor_core = SkillExecutor(self.arm, self.limits, ExecutorConfig(
             period_s=p["control_period_s"], max_steps=self.bundle.max_skill_steps,
-            action_frame=self.bundle.action_frame,
+            action_frame=self.bundle.action_frame, stop_progress=self.bundle.progress_threshold,
             heartbeat_timeout_s=p["heartbeat_timeout_s"], state_max_age_s=p["state_max_age_s"]))
         self.home_executor = SkillExecutor(self.arm, self.limits, ExecutorConfig(
             period_s=p["control_period_s"], max_steps=400, max_duration_s=120.0, state_max_age_s=p["state_max_age_s"]))

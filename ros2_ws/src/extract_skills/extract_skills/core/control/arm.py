@@ -88,6 +88,10 @@ class Arm(abc.ABC):
 
     stationary_tol: float = 0.01  # rad/s, max |dq| counted as stationary
     dynamics_factor: float | None = None  # the running goal's factor (None: the arm's configured one)
+    state_after_command_is_final: bool = False
+    """True for a simulated arm that steps one whole control period per command: the first state read after a
+    command already shows all of that command's motion, so a skill's end needs no wait for the period to pass.
+    False for a real arm: right after a command it has only begun to move."""
 
     def set_dynamics_factor(self, factor: float | None) -> None:
         """Dynamics factor (velocity/acceleration/jerk scale in (0, 1]) for the motions that follow; None

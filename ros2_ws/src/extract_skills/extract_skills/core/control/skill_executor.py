@@ -8,7 +8,10 @@ Per step (in this order): cancel? -> preempted? -> heartbeat stale? -> deadline?
 read arm state (age checked; kept in :attr:`SkillExecutor.state`, so a closed-loop decoder sees the same
 measurement instead of reading the arm a second time) -> next decoder output -> q_target = q_ref + dq ->
 check_command -> send
--> feedback -> wait for the next period (monotonic). ``q_ref`` is what the skill's actions are relative to
+-> feedback -> wait for the next period (monotonic). Commands never leave closer than one period apart, across
+skills too. After a skill's last command (its progress reached :attr:`ExecutorConfig.stop_progress`) an arm whose
+next state is final (:attr:`Arm.state_after_command_is_final`, the sim twin) is not waited on for the rest of the
+period: the skill ends as soon as that state arrives, so the next decision overlaps the period. ``q_ref`` is what the skill's actions are relative to
 (:attr:`ExecutorConfig.action_frame`): the joints measured now (``"measured"``), or the joints measured
 when the skill started (``"skill_start"``: an action is a joint target relative to the skill's start, so
 a decoder's per-step errors do not integrate into the arm's position over the skill).
@@ -199,6 +202,9 @@ class ExecutorConfig:
     """s, polling interval while waiting for stationary."""
     action_frame: str = "measured"
     """What a decoded joint action is relative to: ``measured`` (now) or ``skill_start`` (the skill's start)."""
+    stop_progress: float | None = None
+    """The decoder's stop threshold (the checkpoint's): a command whose progress reaches it is the skill's last.
+    None: the end is only known when the decoder's outputs run out."""
 
     def __post_init__(self) -> None:
         for name in ("period_s", "heartbeat_timeout_s", "max_duration_s", "state_max_age_s", "stop_timeout_s", "stationary_poll_s"):
@@ -212,6 +218,8 @@ class ExecutorConfig:
             raise ValueError(f"ExecutorConfig.max_steps must be a positive integer, got {self.max_steps}")
         if self.action_frame not in ACTION_FRAMES:
             raise ValueError(f"ExecutorConfig.action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}")
+        if self.stop_progress is not None and not 0.0 < float(self.stop_progress) <= 1.0:
+            raise ValueError(f"ExecutorConfig.stop_progress must be in (0, 1] or None, got {self.stop_progress!r}")
 
 
 DecoderOutput = tuple[Any, float]  # (action (8,) = [dq(7) rad/step, gripper in [0,1]], progress)
@@ -243,6 +251,7 @@ class SkillExecutor:
         self.sleep = sleep
         self.timing = LoopTiming(self.config.period_s)  # of the skill running or last run
         self.state: ArmState | None = None  # the arm state measured this step, before the decoder is asked
+        self._not_before = -math.inf  # the tick after the last command sent (monotonic): none leaves earlier
 
     def proprio(self) -> np.ndarray:
         """``[q, gripper]`` measured this step: the ``proprio_fn`` of a closed-loop decoder's rollout."""
@@ -279,7 +288,7 @@ class SkillExecutor:
         q_start: np.ndarray | None = None  # joints measured at the skill's first step
         clipped = 0
         it = iter(actions)
-        next_tick = t_start
+        next_tick = max(t_start, self._not_before)  # the previous skill may have ended before its last period did
         self.timing = timing = LoopTiming(cfg.period_s)
         self.arm.set_dynamics_factor(dynamics_factor)  # raises before anything moves if it is invalid
         try:
@@ -325,6 +334,10 @@ class SkillExecutor:
                     raise _Exit(SkillStatus.ABORTED, Fault.UNSAFE, f"unsafe command refused: {exc}") from exc
                 if cmd.clipped:
                     clipped += 1
+                if cfg.period_s > 0 and self.clock() < next_tick:
+                    # the previous command's period is not over: it ended a skill early (below), or the decoder
+                    # went on after a stop it announced; either way the arm gets one command per period
+                    self.sleep(next_tick - self.clock())
                 self.arm.send(cmd)
                 t_sent = self.clock()
                 timing.add("send", t_sent - t_decoded)
@@ -337,11 +350,13 @@ class SkillExecutor:
                     t_fb = self.clock()
                     timing.add("feedback", t_fb - t_sent)
                     delay = next_tick - t_fb
-                    if delay > 0:
+                    if delay <= 0:
+                        next_tick = t_fb  # overran: do not try to catch up
+                    self._not_before = next_tick
+                    last = (cfg.stop_progress is not None and progress >= cfg.stop_progress) or steps >= cfg.max_steps
+                    if delay > 0 and not (last and self.arm.state_after_command_is_final):
                         self.sleep(delay)
                         timing.add("wake", self.clock() - next_tick)
-                    else:
-                        next_tick = t_fb  # overran: do not try to catch up
         except _Exit as ex:
             logger.warning("skill %s: %s", ex.status.value, ex.error)
             return self._finish(ex.status, ex.fault, ex.error, steps, clipped, stop=ex.stop)
@@ -385,6 +400,12 @@ class SkillExecutor:
                 logger.error("stopping the arm failed: %s", exc)
                 status, fault = SkillStatus.ABORTED, classify_arm_error(exc)
                 error = f"{error}; stopping the arm failed: {type(exc).__name__}: {exc}"
+            except UnsafeCommandError as exc:
+                # An arm that stops through the safety function (the sim twin's hold command) cannot be told to
+                # hold where it is once it measures outside its limits: supervised recovery, not an internal error.
+                logger.error("the safety function refused the stop command: %s", exc)
+                status, fault = SkillStatus.ABORTED, Fault.UNSAFE
+                error = f"{error}; stop command refused: {exc}"
             else:
                 if not stationary:
                     error = f"{error}; arm not stationary {self.config.stop_timeout_s} s after stop()"
