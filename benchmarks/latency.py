@@ -35,18 +35,18 @@ def run_graph(mode: str, models: Path, frames: np.ndarray, rate_hz: float) -> tu
 
     import rclpy
     from extract_msgs.msg import SkillCommand, SkillEmbedding
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
     from extract_skills.graph import TOPICS
     from extract_skills.nodes.camera_embedding_node import CameraEmbeddingNode
-    from extract_skills.nodes.common import rgb_to_image
+    from extract_skills.nodes.common import ExecutorThreads, rgb_to_image
     from extract_skills.nodes.skill_decoder_server import SkillDecoderServer
     from extract_skills.nodes.skill_policy_node import SkillPolicyNode
 
     params = {
-        "camera": (CameraEmbeddingNode, "extract_skills.nodes.camera_embedding_node", {"models_dir": str(models)}),
+        "camera": (CameraEmbeddingNode, "extract_skills.nodes.camera_embedding_node",
+                   {"models_dir": str(models), "num_threads": 1}),  # as config/sim.yaml
         "policy": (SkillPolicyNode, "extract_skills.nodes.skill_policy_node",
                    {"models_dir": str(models), "act_without_episode": True}),
         "decoder": (SkillDecoderServer, "extract_skills.nodes.skill_decoder_server",
@@ -71,19 +71,18 @@ def run_graph(mode: str, models: Path, frames: np.ndarray, rate_hz: float) -> tu
     bench.create_subscription(SkillEmbedding, TOPICS["embedding"],
                               lambda m: lat_emb.append(now_s() - stamp_s(m.header.stamp)), 100)
     pub = bench.create_publisher(Image, TOPICS["image"], 10)
-    ex = MultiThreadedExecutor(num_threads=4)
-    for n in (*nodes, bench):
-        ex.add_node(n)
-    t_end = time.monotonic() + (3.0 if nodes else 25.0)  # discovery + warm-up (child processes load torch)
-    while time.monotonic() < t_end:
-        ex.spin_once(timeout_sec=0.01)
+    # as `run_graph` runs them: each node (and this observer) its own single-threaded executor in its own thread
+    ex = ExecutorThreads([*nodes, bench])
+    ex.start()
+    time.sleep(3.0 if nodes else 25.0)  # discovery + warm-up (child processes load torch)
     lat_cmd.clear()
     lat_emb.clear()
+    t_next = time.monotonic()
     for f in frames:
         pub.publish(rgb_to_image(f, bench.get_clock().now().to_msg(), "cam"))
-        t_next = time.monotonic() + 1.0 / rate_hz
-        while time.monotonic() < t_next:
-            ex.spin_once(timeout_sec=0.005)
+        t_next += 1.0 / rate_hz
+        time.sleep(max(0.0, t_next - time.monotonic()))
+    ex.stop()
     for n in nodes:
         getattr(n, "close", lambda: None)()
     for n in (*nodes, bench):

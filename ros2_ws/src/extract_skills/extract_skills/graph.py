@@ -153,7 +153,7 @@ LAUNCH_ARGS: dict[str, tuple[LaunchArg, ...]] = {
         LaunchArg("summary_json", "", "Write the episode summary (JSON) here after every episode (empty = no file)",
                   (("reward_reset_supervisor", "summary_json"),)),
         LaunchArg("lockstep", "true", "Sim steps once per decoder command (true) or free-runs at its control period "
-                  "(false)", (("kitchen_sim", "lockstep"),)),
+                  "(false)", (("kitchen_sim", "lockstep"), ("skill_decoder", "sim_lockstep"))),
         *_LEARNING_ARGS,
     ),
     "real": (

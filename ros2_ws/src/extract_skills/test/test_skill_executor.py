@@ -38,7 +38,8 @@ class FakeClock:
         return self.t
 
     def sleep(self, s: float) -> None:
-        self.t += max(0.0, s)
+        assert s >= 0, f"negative sleep {s} (time.sleep raises on it)"
+        self.t += s
 
 
 def make(script=None, config=None, **arm_kw):
@@ -167,6 +168,16 @@ def test_a_skill_ends_on_the_twins_state_after_its_last_command_and_the_next_kee
     assert res.success and res.ticks_dropped == 0
     gaps = np.diff(sent)
     assert len(sent) == 13 and np.all(gaps >= 0.08 - 1e-9) and np.all(gaps <= 0.08 + 1e-9)
+
+
+def test_another_executor_on_the_same_arm_keeps_the_tick_after_an_early_end():
+    """Move home runs on its own executor: its first command must not come sooner after a skill's early end."""
+    arm, ex, clock = make(config=ExecutorConfig(period_s=0.08, max_steps=100, stop_progress=1.0))
+    arm.state_after_command_is_final = True
+    home = SkillExecutor(arm, LIMITS, ExecutorConfig(period_s=0.08, max_steps=400), clock=clock, sleep=clock.sleep)
+    sent = _send_times(arm, clock)
+    assert ex.run(actions(4)).success and home.run(actions(2)).success
+    assert np.all(np.diff(sent) >= 0.08 - 1e-9)
 
 
 def test_a_decoder_that_goes_on_after_announcing_its_end_is_still_paced():

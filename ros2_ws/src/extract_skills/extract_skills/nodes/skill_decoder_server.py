@@ -46,6 +46,7 @@ DEFAULTS = {
     "checkpoint": "extract_kitchen.pt",
     "arm": "sim",
     "use_fake_hardware": False,  # overrides arm -> fake
+    "sim_lockstep": True,  # arm sim: the kitchen sim steps once per command (its lockstep parameter, same launch arg)
     "robot": "fr3",
     "robot_ip": "172.16.0.2",
     "realtime": "enforce",  # enforce on the real robot; ignore only in sim/CI
@@ -80,12 +81,12 @@ class TopicArm(Arm):
     it, so a closed-loop decoder's next step sees the motion its last command caused, as the real arm's state
     does; a sim that stops answering is an :class:`ArmNetworkError`, not a stale state fed to the decoder."""
 
-    # The sim steps one whole control period per command (lockstep) or applies it for a whole tick (free-running)
-    # before it publishes the state that follows: that state is final, and a skill can end on it.
-    state_after_command_is_final = True
 
     def __init__(self, node: Node, limits: SafetyLimits, stationary_tol: float = 0.05,
-                 fresh_state_timeout_s: float = 1.0, first_state_wait_s: float = 0.0) -> None:
+                 fresh_state_timeout_s: float = 1.0, first_state_wait_s: float = 0.0, lockstep: bool = False) -> None:
+        # In lockstep the sim steps one whole control period per command before it publishes the next state: that
+        # state is final and a skill can end on it. Free-running, a command that comes mid-tick misses that tick.
+        self.state_after_command_is_final = bool(lockstep)
         self._node = node
         self._limits = limits
         self.stationary_tol = stationary_tol
@@ -236,7 +237,7 @@ class SkillDecoderServer(Node):
     def _make_arm(self, kind: str) -> Arm:
         if kind == "sim":
             return TopicArm(self, self.limits, fresh_state_timeout_s=self.p["state_max_age_s"],
-                            first_state_wait_s=self.p["first_contact_wait_s"])
+                            first_state_wait_s=self.p["first_contact_wait_s"], lockstep=self.p["sim_lockstep"])
         if kind == "fake":
             return FakeArm(dt=self.p["control_period_s"] or 0.08)
         from extract_skills.arms.franky_arm import FrankyArm, FrankyArmConfig

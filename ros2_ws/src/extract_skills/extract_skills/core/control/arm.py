@@ -92,6 +92,9 @@ class Arm(abc.ABC):
     """True for a simulated arm that steps one whole control period per command: the first state read after a
     command already shows all of that command's motion, so a skill's end needs no wait for the period to pass.
     False for a real arm: right after a command it has only begun to move."""
+    next_command_not_before: float = -math.inf
+    """Monotonic time of the next control tick after the last command: the executors that drive this arm (skills,
+    move home) keep it, so no command is brought forward by a skill that ended before its last period did."""
 
     def set_dynamics_factor(self, factor: float | None) -> None:
         """Dynamics factor (velocity/acceleration/jerk scale in (0, 1]) for the motions that follow; None

@@ -8,10 +8,11 @@ Per step (in this order): cancel? -> preempted? -> heartbeat stale? -> deadline?
 read arm state (age checked; kept in :attr:`SkillExecutor.state`, so a closed-loop decoder sees the same
 measurement instead of reading the arm a second time) -> next decoder output -> q_target = q_ref + dq ->
 check_command -> send
--> feedback -> wait for the next period (monotonic). Commands never leave closer than one period apart, across
-skills too. After a skill's last command (its progress reached :attr:`ExecutorConfig.stop_progress`) an arm whose
-next state is final (:attr:`Arm.state_after_command_is_final`, the sim twin) is not waited on for the rest of the
-period: the skill ends as soon as that state arrives, so the next decision overlaps the period. ``q_ref`` is what the skill's actions are relative to
+-> feedback -> wait for the next period (monotonic). Commands keep the period's ticks across skills too: a skill
+that ended early never brings the next command forward (:attr:`Arm.next_command_not_before`). After a skill's last
+command (its progress reached :attr:`ExecutorConfig.stop_progress`) an arm whose next state is final
+(:attr:`Arm.state_after_command_is_final`, the sim twin in lockstep) is not waited on for the rest of the period:
+the skill ends as soon as that state arrives, so the next decision overlaps the period. ``q_ref`` is what the skill's actions are relative to
 (:attr:`ExecutorConfig.action_frame`): the joints measured now (``"measured"``), or the joints measured
 when the skill started (``"skill_start"``: an action is a joint target relative to the skill's start, so
 a decoder's per-step errors do not integrate into the arm's position over the skill).
@@ -251,7 +252,6 @@ class SkillExecutor:
         self.sleep = sleep
         self.timing = LoopTiming(self.config.period_s)  # of the skill running or last run
         self.state: ArmState | None = None  # the arm state measured this step, before the decoder is asked
-        self._not_before = -math.inf  # the tick after the last command sent (monotonic): none leaves earlier
 
     def proprio(self) -> np.ndarray:
         """``[q, gripper]`` measured this step: the ``proprio_fn`` of a closed-loop decoder's rollout."""
@@ -288,7 +288,7 @@ class SkillExecutor:
         q_start: np.ndarray | None = None  # joints measured at the skill's first step
         clipped = 0
         it = iter(actions)
-        next_tick = max(t_start, self._not_before)  # the previous skill may have ended before its last period did
+        next_tick = max(t_start, self.arm.next_command_not_before)  # the last skill may have ended before its period
         self.timing = timing = LoopTiming(cfg.period_s)
         self.arm.set_dynamics_factor(dynamics_factor)  # raises before anything moves if it is invalid
         try:
@@ -334,10 +334,12 @@ class SkillExecutor:
                     raise _Exit(SkillStatus.ABORTED, Fault.UNSAFE, f"unsafe command refused: {exc}") from exc
                 if cmd.clipped:
                     clipped += 1
-                if cfg.period_s > 0 and self.clock() < next_tick:
+                wait = next_tick - self.clock() if cfg.period_s > 0 else 0.0
+                if wait > 0:
                     # the previous command's period is not over: it ended a skill early (below), or the decoder
-                    # went on after a stop it announced; either way the arm gets one command per period
-                    self.sleep(next_tick - self.clock())
+                    # went on after a stop it announced; either way the arm gets one command per tick
+                    self.sleep(wait)
+                    t_decoded = self.clock()  # not "send" time; and never lateness (it only fills a short interval)
                 self.arm.send(cmd)
                 t_sent = self.clock()
                 timing.add("send", t_sent - t_decoded)
@@ -352,7 +354,7 @@ class SkillExecutor:
                     delay = next_tick - t_fb
                     if delay <= 0:
                         next_tick = t_fb  # overran: do not try to catch up
-                    self._not_before = next_tick
+                    self.arm.next_command_not_before = next_tick
                     last = (cfg.stop_progress is not None and progress >= cfg.stop_progress) or steps >= cfg.max_steps
                     if delay > 0 and not (last and self.arm.state_after_command_is_final):
                         self.sleep(delay)

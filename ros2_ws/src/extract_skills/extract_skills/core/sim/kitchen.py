@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from extract_skills.core.control.arm import Arm, ArmState
-from extract_skills.core.control.safety import CheckedCommand
+from extract_skills.core.control.safety import CheckedCommand, robot_model
 from extract_skills.core.data.dataset import SUBTASK_NAMES, gripper_opening
 
 LOG = logging.getLogger(__name__)
@@ -146,6 +146,12 @@ class KitchenSim:
         self.unwrapped = self.env.unwrapped
         self.model = self.unwrapped.model
         self.data = self.unwrapped.data
+        # The twin's joints stop where the real Panda's do. The kitchen model lets joint 6 go down to -1.66 rad
+        # (the Panda's stops at -0.0175); decoded skills pushed it to -0.22 rad under the soak, where the safety
+        # function then refused every command as needing supervised recovery. Where the model is tighter it stays.
+        panda = robot_model("panda")
+        self.model.jnt_range[:7, 0] = np.maximum(self.model.jnt_range[:7, 0], panda.q_min)
+        self.model.jnt_range[:7, 1] = np.minimum(self.model.jnt_range[:7, 1], panda.q_max)
         robot = self.unwrapped.robot_env
         self.dt: float = float(robot.frame_skip * self.model.opt.timestep)
         self.frame_skip: int = int(robot.frame_skip)
