@@ -107,6 +107,7 @@ def main() -> None:
     from extract_skills.core.skills.deployment import load_deployment_bundle, load_deployment_encoder
     from extract_skills.core.control.safety import SafetyLimits
     from extract_skills.core.control.skill_executor import ExecutorConfig, SkillExecutor
+    from extract_skills.core.sim.scripted_demos import REST_Q
 
     models = ns.models_dir
     note = ""
@@ -135,7 +136,8 @@ def main() -> None:
     dec = []
     z = np.zeros(bundle.meta.latent_dim, np.float32)
     for d in range(bundle.num_skills):
-        it = bundle.rollout(d, z, max_steps=30, progress_threshold=1.0)
+        it = bundle.rollout(d, z, max_steps=30, progress_threshold=1.0,
+                            proprio_fn=lambda: np.r_[REST_Q, 1.0])  # the shipped decoder is closed-loop
         while True:
             t = time.perf_counter()
             try:
