@@ -93,6 +93,10 @@ def pct(a, q) -> float:
     return float(np.percentile(np.asarray(a), q)) if len(a) else float("nan")
 
 
+def p50_max(a) -> str:
+    return f"{pct(a, 50):.0f} / {np.max(a) if len(a) else float('nan'):.0f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -333,10 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                 rss0 = {p.pid: rss_mb(p.pid) for p in procs.values()}
                 cpu0 = {name: (p.pid, cpu_s(p.pid)) for name, p in procs.items()}
                 t_cpu0, dec0, own_cpu0 = time.monotonic(), decoder_totals(), time.process_time()
-                stats.update(gaps=[], gaps_across_events=[], frame_to_goal=[], frame_to_embedding=[],
-                             frame_to_goal_across_events=[], frame_reused=[],
-                             embedding_to_goal=[], ticks_dropped=0, feedback=0, trips=[],
-                             episodes=0)  # measure after warm-up
+                # measure after warm-up: every list of samples and the counters start again
+                stats.update({k: [] for k, v in stats.items() if isinstance(v, list)},
+                             ticks_dropped=0, feedback=0, episodes=0)
             if rss0 and not rss_mid and now >= t_mid:
                 rss_mid = {p.pid: rss_mb(p.pid) for p in procs.values()}
             if now >= next_fault:
@@ -370,10 +373,7 @@ def main(argv: list[str] | None = None) -> int:
               for name, p in procs.items() if p.pid in rss0 and p.pid in rss_mid}
     gaps, f2g = np.asarray(stats["gaps"]) * 1e3, np.asarray(stats["frame_to_goal"]) * 1e3
     (ns.log_dir / "samples.json").write_text(json.dumps(
-        {k: np.asarray(stats[k]).round(6).tolist() for k in ("gaps", "gaps_across_events", "frame_to_goal",
-                                                            "frame_to_goal_across_events", "frame_reused",
-                                                            "frame_to_embedding",
-                                                            "embedding_to_goal")}))
+        {k: np.asarray(v).round(6).tolist() for k, v in stats.items() if isinstance(v, list) and k != "trips"}))
     print(f"\nSoak: {ns.minutes:g} min after a {ns.warmup_s:g} s warm-up, a fault every {ns.fault_every:g} s "
           f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})"
           + (f"; niceness {', '.join(f'{k} {v}' for k, v in NICE.items())}" if NICE else "") + "\n")
@@ -401,11 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| skill-to-skill gap p50 / p99 (ms, n={len(gaps)}) | {pct(gaps, 50):.0f} / {pct(gaps, 99):.0f} |")
     across = np.asarray(stats["gaps_across_events"]) * 1e3
     print(f"| gaps with an episode event in between, p50 / max (ms, n={len(across)}; not in the row above) | "
-          f"{pct(across, 50):.0f} / {np.max(across) if len(across) else float('nan'):.0f} |")
+          f"{p50_max(across)} |")
     print(f"| frame -> goal p50 / p99 (ms, n={len(f2g)}) | {pct(f2g, 50):.0f} / {pct(f2g, 99):.0f} |")
     across = np.asarray(stats["frame_to_goal_across_events"]) * 1e3
     print(f"| frame -> goal with an episode event after the frame, p50 / max (ms, n={len(across)}; not in the row "
-          f"above or below) | {pct(across, 50):.0f} / {np.max(across) if len(across) else float('nan'):.0f} |")
+          f"above or below) | {p50_max(across)} |")
     print(f"| goals decided again on a frame already decided on (the skill before moved nothing; not in the rows "
           f"above or below) | {len(stats['frame_reused'])} |")
     every = np.concatenate([f2g, across, np.asarray(stats["frame_reused"]) * 1e3])

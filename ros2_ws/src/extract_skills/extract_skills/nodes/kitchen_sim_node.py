@@ -32,7 +32,8 @@ from extract_skills.core.data.dataset import SUBTASK_NAMES
 from extract_skills.core.sim.kitchen import FrameRenderer, KitchenArm, KitchenConfig, KitchenSim
 from extract_skills.core.sim.scripted_demos import REST_Q
 from extract_skills.graph import SERVICES, TOPICS
-from extract_skills.nodes.common import declare, joint_state_msg, parse_joint_state, rgb_to_image, run_node, subscribe
+from extract_skills.nodes.common import (declare, joint_state_msg, parse_joint_state, rgb_to_image, run_node,
+                                         stamp_to_s, subscribe)
 
 DEFAULTS = {
     "image_size": 128,  # px, square camera image (the shipped models were trained on 128)
@@ -103,7 +104,7 @@ class KitchenSimNode(Node):
             self.get_logger().error(f"dropping malformed joint command: {exc}")
             return
         # how long after the decoder stamped it the command reached this callback (one wall clock on one machine)
-        transit = time.time() - (msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)
+        transit = time.time() - stamp_to_s(msg.header.stamp)
         with self._lock:
             self._target = (q, gripper)
             self._commands.append((q, gripper, time.monotonic(), transit))

@@ -81,7 +81,6 @@ class TopicArm(Arm):
     it, so a closed-loop decoder's next step sees the motion its last command caused, as the real arm's state
     does; a sim that stops answering is an :class:`ArmNetworkError`, not a stale state fed to the decoder."""
 
-
     def __init__(self, node: Node, limits: SafetyLimits, stationary_tol: float = 0.05,
                  fresh_state_timeout_s: float = 1.0, first_state_wait_s: float = 0.0, lockstep: bool = False) -> None:
         # In lockstep the sim steps one whole control period per command before it publishes the next state: that
