@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoder without the measured proprio input (default: closed loop)")
     g.add_argument("--encoder-states", action="store_true",
                    help="skill encoder q(z|a,s,d) also reads the measured proprio of every step (closed loop only)")
+    g.add_argument("--pose-features", action="store_true",
+                   help="closed-loop decoder also sees the flange pose (Panda forward kinematics of the measured "
+                        "joints; the dataset's env id gives its joint offset to the Panda's)")
     g = p.add_argument_group("dagger (on-policy decoder rounds; needs a run directory's segments)")
     g.add_argument("--base", type=Path, default=None, help="dagger: skill checkpoint to start from")
     g.add_argument("--dagger-rounds", type=int, default=3, help="dagger: collect + fine-tune rounds")
@@ -312,6 +315,13 @@ def load_training_data(run: Path, action_frame: str = "skill_start") -> dict[str
             "image_size": data["image_size"], "num_segments": len(segs)}
 
 
+def _pose_joint_offset(args: argparse.Namespace) -> tuple[float, ...]:
+    """Offset from the dataset's joints to the Panda's, by the dataset's env id (kinematics.py)."""
+    from extract_skills.core.data.dataset import read_dataset_info
+    from extract_skills.core.skills.kinematics import joint_offset_to_panda
+    return joint_offset_to_panda(str(read_dataset_info(args.dataset).get("env_id", "")))
+
+
 def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
     from extract_skills.core.skills.checkpoint import PROPRIO_DIM
     from extract_skills.core.skills.encoders import embedding_dim
@@ -323,11 +333,14 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
                             lr_final_fraction=args.lr_final_fraction, state_noise=args.state_noise,
                             max_segment_len=args.max_segment_len, progress_threshold=args.progress_threshold,
                             closed_loop=not args.open_loop, action_frame=args.action_frame,
-                            encoder_states=args.encoder_states,
+                            encoder_states=args.encoder_states, pose_features=args.pose_features,
+                            pose_joint_offset=_pose_joint_offset(args) if args.pose_features else (0.0,) * 7,
                             batch_size=args.batch_size, train_steps=args.train_steps, seed=args.seed)
     cfg_key = asdict(mcfg)
     if not mcfg.encoder_states:
         del cfg_key["encoder_states"]  # runs from before the option keep their stamps
+    if not mcfg.pose_features:
+        del cfg_key["pose_features"], cfg_key["pose_joint_offset"]
     h = _hash("train", segment_hash, cfg_key, args.val_fraction, str(args.out.resolve()))
 
     def run() -> None:

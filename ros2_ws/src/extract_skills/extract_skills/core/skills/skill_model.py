@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from extract_skills.core.skills.kinematics import POSE_FEATURE_DIM, pose_features
+
 LOG = logging.getLogger(__name__)
 
 
@@ -57,6 +59,8 @@ class SkillModelConfig:
     action_frame: str = "measured"  # joint actions relative to the joints measured now / at the skill's start
     state_noise: float = 0.0  # rad; training only: noise on the decoder's measured joints, labels corrected (see loss)
     encoder_states: bool = False  # q(z | a, s, d): the encoder also reads the measured proprio of every step
+    pose_features: bool = False  # closed-loop decoder also sees the flange pose (forward kinematics of q)
+    pose_joint_offset: tuple[float, ...] = (0.0,) * 7  # data joints + this = Panda joints (kinematics.py)
     batch_size: int = 128  # segments per step
     train_steps: int = 2000  # optimiser steps
     seed: int = 0
@@ -72,6 +76,11 @@ class SkillModelConfig:
             raise ValueError(f"lr_final_fraction must be in (0, 1], got {self.lr_final_fraction}")
         if self.encoder_states and not self.closed_loop:
             raise ValueError("encoder_states needs closed_loop (the per-step states come with it)")
+        object.__setattr__(self, "pose_joint_offset", tuple(float(x) for x in self.pose_joint_offset))
+        if len(self.pose_joint_offset) != 7:
+            raise ValueError(f"pose_joint_offset needs 7 values, got {len(self.pose_joint_offset)}")
+        if self.pose_features and not self.closed_loop:
+            raise ValueError("pose_features needs closed_loop (the pose is computed from the measured joints)")
         if not self.mean_bound > 0:
             raise ValueError(f"mean_bound must be > 0, got {self.mean_bound}")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.prior_floor < 1.0:
@@ -176,6 +185,13 @@ class SkillDecoder(nn.Module):
         # phase from its own (free-running) actions and, on the kitchen data, never reached the stop
         # threshold; with it, progress is a function of time and (z, d), i.e. of the skill's length.
         self.state_dim = PROPRIO_DIM + 7 if cfg.closed_loop else 0
+        # Pose features: the flange pose now (9) and its displacement since the skill started (3). The demos
+        # steer the gripper to Cartesian targets; from joint angles alone the decoder has to learn the arm's
+        # forward kinematics to millimetres as well as the skill.
+        self.pose = cfg.pose_features
+        self.register_buffer("pose_offset", torch.tensor(cfg.pose_joint_offset, dtype=torch.float32),
+                             persistent=False)  # from the config, which the checkpoint stores
+        self.state_dim += (POSE_FEATURE_DIM + 3) if self.pose else 0
         self.lstm = nn.LSTM(cond + cfg.action_dim + 1 + self.state_dim, cfg.hidden_dim, batch_first=True)
         self.action_head = nn.Linear(cfg.hidden_dim, cfg.action_dim)
         self.progress_head = nn.Linear(cfg.hidden_dim, 1)
@@ -198,6 +214,10 @@ class SkillDecoder(nn.Module):
             if proprio is None or q0 is None:
                 raise ValueError("this skill decoder is closed-loop: it needs the measured proprio every step")
             parts += [proprio, proprio[:, :7] - q0]
+            if self.pose:
+                now = pose_features(proprio[:, :7] + self.pose_offset)
+                start = pose_features(q0 + self.pose_offset)
+                parts += [now, now[:, :3] - start[:, :3]]
         out, state = self.lstm(torch.cat(parts, -1)[:, None], state)
         return torch.tanh(self.action_head(out[:, 0])), self.progress_head(out[:, 0]).squeeze(-1), state
 
