@@ -35,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "sample_efficiency")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="EXTRACT skill checkpoint the agents were trained with (default: the benchmark's)")
     a = ap.parse_args(argv)
-    base = se.parse_args(["--threads", str(a.threads)])  # the benchmark's own task, episode length, checkpoints
+    extra = [] if a.checkpoint is None else ["--checkpoint", str(a.checkpoint)]
+    base = se.parse_args(["--threads", str(a.threads), *extra])  # the benchmark's task, episode length, checkpoints
     base.eval_episodes = a.episodes
 
     import torch

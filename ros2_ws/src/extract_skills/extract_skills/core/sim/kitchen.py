@@ -146,9 +146,12 @@ class KitchenSim:
         self.unwrapped = self.env.unwrapped
         self.model = self.unwrapped.model
         self.data = self.unwrapped.data
-        # The twin's joints stop where the real Panda's do. The kitchen model lets joint 6 go down to -1.66 rad
-        # (the Panda's stops at -0.0175); decoded skills pushed it to -0.22 rad under the soak, where the safety
-        # function then refused every command as needing supervised recovery. Where the model is tighter it stays.
+        # The twin's joints stay inside the Panda's limits as the safety function reads them. The kitchen model lets
+        # joint 6 go down to -1.66 rad (the Panda's stops at -0.0175); decoded skills pushed it to -0.22 rad under
+        # the soak, where the safety function then refused every command as needing supervised recovery. Where the
+        # model is tighter it stays. Caveat: the kitchen zeroes joint 6 a quarter turn from the Panda's
+        # (core/skills/kinematics.py), so this keeps joint 6 within Panda angles [1.55, 3.68], the upper part of the
+        # real range; the demos and shipped models were made in these coordinates.
         panda = robot_model("panda")
         self.model.jnt_range[:7, 0] = np.maximum(self.model.jnt_range[:7, 0], panda.q_min)
         self.model.jnt_range[:7, 1] = np.minimum(self.model.jnt_range[:7, 1], panda.q_max)
