@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from extract_skills.core.control.safety import FRANKA_FLANGE_D, flange_pose
 from extract_skills.core.skills.kinematics import (
-    PANDA_FLANGE_D,
     joint_offset_to_panda,
     panda_flange_pose,
     pose_features,
@@ -20,6 +20,14 @@ def test_zero_posture_is_franka_s_published_flange_pose():
     assert torch.allclose(pos, torch.tensor([0.088, 0.0, 0.926], dtype=torch.float64), atol=1e-9)
     assert torch.allclose(rot[:, 2], torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64), atol=1e-9)
     assert torch.allclose(rot @ rot.T, torch.eye(3, dtype=torch.float64), atol=1e-9)
+
+
+def test_torch_chain_equals_the_safety_function_s():
+    q = np.random.default_rng(1).uniform(-2.0, 2.0, (16, 7))
+    pos, rot = panda_flange_pose(torch.tensor(q))
+    for i in range(len(q)):
+        t = flange_pose(q[i])
+        assert np.allclose(pos[i].numpy(), t[:3, 3], atol=1e-9) and np.allclose(rot[i].numpy(), t[:3, :3], atol=1e-9)
 
 
 def test_batched_features_and_bad_shapes():
@@ -54,7 +62,7 @@ def test_chain_with_the_kitchen_offset_matches_the_kitchen_arm():
             want = r0.T @ (data.xpos[link7] - data.xpos[base])  # link 7's origin in the arm's base frame
             for off, worst in ((offset, "with"), (torch.zeros(7, dtype=torch.float64), "without")):
                 pos, rot = panda_flange_pose(torch.tensor(q) + off)
-                err = float(np.linalg.norm((pos - PANDA_FLANGE_D * rot[:, 2]).numpy() - want))
+                err = float(np.linalg.norm((pos - FRANKA_FLANGE_D * rot[:, 2]).numpy() - want))
                 if worst == "with":
                     worst_with = max(worst_with, err)
                 else:

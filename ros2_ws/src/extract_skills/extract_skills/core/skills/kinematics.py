@@ -4,7 +4,8 @@ The scripted (and human) demos steer the gripper to Cartesian targets; the close
 angles, so to reproduce a command it must learn the arm's forward kinematics to millimetres on top of the skill.
 Giving it the flange pose (what franky's ``current_pose`` reports on the real arm) removes that burden.
 
-Parameters: Franka's published Denavit-Hartenberg table (Craig's convention), robot base to flange. A fixed
+Parameters: Franka's published Denavit-Hartenberg table (Craig's convention), robot base to flange, as the safety
+function's numpy ``flange_pose`` uses them (this is the batched, differentiable torch form). A fixed
 transform between this base and a simulator's world does not matter to a learned decoder: the feature only has to
 be the same function of the joints in training and at execution.
 """
@@ -14,17 +15,8 @@ import math
 
 import torch
 
-# (a [m], d [m], alpha [rad]) per joint, then the flange (theta = 0). Franka Control Interface documentation.
-PANDA_DH: tuple[tuple[float, float, float], ...] = (
-    (0.0, 0.333, 0.0),
-    (0.0, 0.0, -math.pi / 2),
-    (0.0, 0.316, math.pi / 2),
-    (0.0825, 0.0, math.pi / 2),
-    (-0.0825, 0.384, -math.pi / 2),
-    (0.0, 0.0, math.pi / 2),
-    (0.088, 0.0, math.pi / 2),
-)
-PANDA_FLANGE_D = 0.107
+from extract_skills.core.control.safety import FRANKA_DH, FRANKA_FLANGE_D
+
 #: flange position (3) + the rotation's first two columns (6, a continuous rotation representation)
 POSE_FEATURE_DIM = 9
 #: Added to a data source's joint angles to get the Panda's (DH) joint angles. The kitchen twin's arm
@@ -59,10 +51,10 @@ def panda_flange_pose(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if q.shape[-1] != 7:
         raise ValueError(f"panda forward kinematics needs 7 joint angles, got shape {tuple(q.shape)}")
     t = None
-    for i, (a, d, alpha) in enumerate(PANDA_DH):
+    for i, (a, d, alpha) in enumerate(FRANKA_DH):
         step = _craig(a, d, alpha, q[..., i])
         t = step if t is None else t @ step
-    flange = _craig(0.0, PANDA_FLANGE_D, 0.0, torch.zeros_like(q[..., 0]))
+    flange = _craig(0.0, FRANKA_FLANGE_D, 0.0, torch.zeros_like(q[..., 0]))
     t = t @ flange
     return t[..., :3, 3], t[..., :3, :3]
 
