@@ -204,10 +204,11 @@ class SkillDecoder(nn.Module):
         return h[None].contiguous(), c[None].contiguous()
 
     def step(self, cond: torch.Tensor, prev: torch.Tensor, t: int, state: tuple[torch.Tensor, torch.Tensor],
-             proprio: torch.Tensor | None = None, q0: torch.Tensor | None = None
+             proprio: torch.Tensor | None = None, q0: torch.Tensor | None = None, p0: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """One decoder step for a batch: (action (B, A) in [-1, 1], progress logit (B,), new state).
-        Closed-loop: ``proprio`` (B, 8) measured now, ``q0`` (B, 7) joints when the skill started."""
+        Closed-loop: ``proprio`` (B, 8) measured now, ``q0`` (B, 7) joints when the skill started; with pose
+        features ``p0`` = :meth:`start_position` (q0), computed once per skill by the caller."""
         tt = torch.full((cond.shape[0], 1), t / self.max_len, dtype=cond.dtype)
         parts = [cond, prev, tt]
         if self.state_dim:
@@ -216,10 +217,13 @@ class SkillDecoder(nn.Module):
             parts += [proprio, proprio[:, :7] - q0]
             if self.pose:
                 now = pose_features(proprio[:, :7] + self.pose_offset)
-                start = pose_features(q0 + self.pose_offset)
-                parts += [now, now[:, :3] - start[:, :3]]
+                parts += [now, now[:, :3] - p0]
         out, state = self.lstm(torch.cat(parts, -1)[:, None], state)
         return torch.tanh(self.action_head(out[:, 0])), self.progress_head(out[:, 0]).squeeze(-1), state
+
+    def start_position(self, q0: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, 3) flange position at the skill's start (pose-feature decoders only; None otherwise)."""
+        return pose_features(q0 + self.pose_offset)[:, :3] if self.pose and q0 is not None else None
 
     def forward(self, z: torch.Tensor, d: torch.Tensor, length: int, states: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,9 +235,10 @@ class SkillDecoder(nn.Module):
         state = self.initial_state(cond)
         prev = torch.zeros(z.shape[0], self.a_dim, dtype=z.dtype)
         q0 = states[:, 0, :7] if states is not None else None
+        p0 = self.start_position(q0)
         actions, logits = [], []
         for t in range(length):
-            prev, logit, state = self.step(cond, prev, t, state, None if states is None else states[:, t], q0)
+            prev, logit, state = self.step(cond, prev, t, state, None if states is None else states[:, t], q0, p0)
             actions.append(prev)
             logits.append(logit)
         return torch.stack(actions, 1), torch.stack(logits, 1)
@@ -246,15 +251,17 @@ class SkillDecoder(nn.Module):
         cond = self._cond(z.reshape(1, -1).float(), torch.tensor([d]))
         state = self.initial_state(cond)
         prev = torch.zeros(1, self.a_dim)
-        q0 = None
+        q0 = p0 = None
         for t in range(max_steps):
             proprio = None
             if self.state_dim:
                 if proprio_fn is None:
                     raise ValueError("this skill decoder is closed-loop: pass proprio_fn (the measured arm state)")
                 proprio = torch.as_tensor(np.asarray(proprio_fn(), np.float32)).reshape(1, PROPRIO_DIM)
-                q0 = proprio[:, :7].clone() if q0 is None else q0
-            prev, logit, state = self.step(cond, prev, t, state, proprio, q0)
+                if q0 is None:
+                    q0 = proprio[:, :7].clone()
+                    p0 = self.start_position(q0)
+            prev, logit, state = self.step(cond, prev, t, state, proprio, q0, p0)
             progress = float(torch.sigmoid(logit).item())
             yield prev[0], progress
             if progress >= progress_threshold:
