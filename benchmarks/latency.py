@@ -137,7 +137,8 @@ def main() -> None:
     z = np.zeros(bundle.meta.latent_dim, np.float32)
     for d in range(bundle.num_skills):
         it = bundle.rollout(d, z, max_steps=30, progress_threshold=1.0,
-                            proprio_fn=lambda: np.r_[REST_Q, 1.0])  # the shipped decoder is closed-loop
+                            proprio_fn=lambda: np.r_[REST_Q, 1.0],  # the shipped decoder is closed-loop
+                            lead_fn=lambda: np.zeros(7))
         while True:
             t = time.perf_counter()
             try:

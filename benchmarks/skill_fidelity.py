@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     torch.set_num_threads(args.threads)
-    from extract_skills.core.data.dataset import segment_labels
+    from extract_skills.core.data.dataset import command_leads, segment_labels
     from extract_skills.core.sim.fidelity import (posterior_per_segment, replay_env_actions, replay_labels,
                                                   replay_perturbed_labels, replay_posterior, run_prior)
     from extract_skills.core.sim.kitchen import KitchenConfig, KitchenSim
@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                 t = min(k["t"], end)
                 k["t"] += 1
                 return proprio[t]
-            dec = np.stack([a for a, _ in bundle.rollout(d, z, proprio_fn=demo_state)])
+            leads = command_leads(labels, proprio, start, end)
+
+            def demo_lead():  # read after demo_state: k["t"] is already one past this step
+                return leads[min(k["t"] - 1 - start, len(leads) - 1)]
+            dec = np.stack([a for a, _ in bundle.rollout(d, z, proprio_fn=demo_state, lead_fn=demo_lead)])
             n = min(len(dec), len(lab))
             target_err.append(float(np.abs(dec[:n, :7] - lab[:n, :7]).mean()))
         for o, key in zip(args.offsets, offset_keys):

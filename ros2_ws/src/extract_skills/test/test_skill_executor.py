@@ -336,6 +336,30 @@ def test_off_pose_arm_plans_from_measured_state():
     np.testing.assert_allclose(arm.commands[1].q, arm.commands[0].q + offset, atol=1e-12)
 
 
+def test_command_lead_is_this_skills_last_requested_target_minus_the_measured_joints():
+    """A decoder with command feedback sees (its last joint target, before the safety function) - (joints now):
+    zero at a skill's first step, and a clipped command still reports what was asked for."""
+    arm, ex, _ = make(tracking_gain=0.5)
+    seen, sent_from = [], []
+
+    def decoder(n, dq):
+        for i in range(n):
+            seen.append(ex.command_lead())
+            sent_from.append(np.array(ex.state.q))
+            yield np.r_[np.full(7, dq), 0.5], (i + 1) / n
+
+    assert ex.run(decoder(3, 0.01)).success
+    np.testing.assert_array_equal(seen[0], np.zeros(7))
+    for i in (1, 2):  # the arm closed half of the gap: the lead is what is left of the last command
+        np.testing.assert_allclose(seen[i], sent_from[i - 1] + 0.01 - sent_from[i], atol=1e-12)
+        assert np.all(seen[i] > 0)
+    seen.clear()
+    sent_from.clear()
+    assert ex.run(decoder(2, 0.3)).success  # 0.3 rad asked, 0.05 sent (max_step_delta)
+    np.testing.assert_array_equal(seen[0], np.zeros(7))  # a new skill starts without the last one's lead
+    np.testing.assert_allclose(seen[1], sent_from[0] + 0.3 - sent_from[1], atol=1e-12)
+
+
 # ---------------------------------------------------------------- decoder faults / clipping
 def test_big_jump_is_clipped_per_step():
     arm, ex, _ = make(tracking_gain=1.0)

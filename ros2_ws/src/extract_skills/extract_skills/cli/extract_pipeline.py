@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pose-features", action="store_true",
                    help="closed-loop decoder also sees the flange pose (Panda forward kinematics of the measured "
                         "joints; the dataset's env id gives its joint offset to the Panda's)")
+    g.add_argument("--command-feedback", action="store_true",
+                   help="closed-loop decoder also sees the lead of the last joint command over the measured joints "
+                        "(the hidden state of an integrating controller; needs --action-frame measured)")
     g = p.add_argument_group("dagger (on-policy decoder rounds; needs a run directory's segments)")
     g.add_argument("--base", type=Path, default=None, help="dagger: skill checkpoint to start from")
     g.add_argument("--dagger-rounds", type=int, default=3, help="dagger: collect + fine-tune rounds")
@@ -287,10 +290,11 @@ def stage_segment(args: argparse.Namespace, cluster_hash: str) -> str:
     return _run_stage("segment", args, h, out, run)
 
 
-def load_training_data(run: Path, action_frame: str = "skill_start") -> dict[str, Any]:
+def load_training_data(run: Path, action_frame: str = "skill_start", command_feedback: bool = False) -> dict[str, Any]:
     """Segments of an ``extract`` run as :class:`SkillTrainingData` (obs at each segment's first frame, actions
-    in ``action_frame``), with the embedding normalisation, action bounds, K-means centres and encoder identity."""
-    from extract_skills.core.data.dataset import segment_labels
+    in ``action_frame``), with the embedding normalisation, action bounds, K-means centres and encoder identity.
+    ``command_feedback``: each step's state is [proprio (8), lead of the last command (7)] (``command_leads``)."""
+    from extract_skills.core.data.dataset import command_leads, segment_labels
     from extract_skills.core.skills.skill_model import SkillTrainingData, compute_action_bounds
     data = _load_embeddings(run, thumbs=False)
     doc = json.loads((run / "segments.json").read_text())
@@ -308,6 +312,9 @@ def load_training_data(run: Path, action_frame: str = "skill_start") -> dict[str
                                     data["proprio"][s["episode"]][s["start"]]]) for s in segs])
     low, high = compute_action_bounds(np.concatenate(actions))
     states = [data["proprio"][s["episode"]][s["start"]:s["end"]] for s in segs]  # before each action
+    if command_feedback:
+        states = [np.concatenate([st, command_leads(data["actions"][s["episode"]], data["proprio"][s["episode"]],
+                                                    s["start"], s["end"])], 1) for st, s in zip(states, segs)]
     return {"data": SkillTrainingData(actions, np.array([s["label"] for s in segs]), obs.astype(np.float32),
                                       np.array([s["episode"] for s in segs]), states),
             "obs_mean": obs_mean, "obs_std": obs_std, "action_low": low, "action_high": high, "centres": centres,
@@ -334,6 +341,7 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
                             max_segment_len=args.max_segment_len, progress_threshold=args.progress_threshold,
                             closed_loop=not args.open_loop, action_frame=args.action_frame,
                             encoder_states=args.encoder_states, pose_features=args.pose_features,
+                            command_feedback=args.command_feedback,
                             pose_joint_offset=_pose_joint_offset(args) if args.pose_features else (0.0,) * 7,
                             batch_size=args.batch_size, train_steps=args.train_steps, seed=args.seed)
     cfg_key = asdict(mcfg)
@@ -341,6 +349,8 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
         del cfg_key["encoder_states"]  # runs from before the option keep their stamps
     if not mcfg.pose_features:
         del cfg_key["pose_features"], cfg_key["pose_joint_offset"]
+    if not mcfg.command_feedback:
+        del cfg_key["command_feedback"]
     h = _hash("train", segment_hash, cfg_key, args.val_fraction, str(args.out.resolve()))
 
     def run() -> None:
@@ -349,7 +359,7 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
 
         from extract_skills.core.skills.checkpoint import save_skill_bundle
         from extract_skills.core.skills.skill_model import evaluate_skill_model, split_by_episode, train_skill_model
-        td = load_training_data(args.run_dir, mcfg.action_frame)
+        td = load_training_data(args.run_dir, mcfg.action_frame, mcfg.command_feedback)
         everything, low, high = td["data"], td["action_low"], td["action_high"]
         if everything.obs.shape[1] != mcfg.obs_dim:
             raise SystemExit(f"embeddings have {everything.obs.shape[1] - PROPRIO_DIM} dims, encoder {args.encoder} "
@@ -447,7 +457,7 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
                 raise SystemExit(f"{old} grew from another base checkpoint than {base}: pass --force to start over")
             old.unlink()
     cfg = dataclasses.replace(bundle.model_config, train_steps=steps)
-    td = load_training_data(run, cfg.action_frame)
+    td = load_training_data(run, cfg.action_frame, cfg.command_feedback)
     data, low, high = td["data"], bundle.action_low, bundle.action_high
     train, val = split_by_episode(data, val_fraction, seed)
     val_eps = sorted(int(e) for e in np.unique(val.episodes))

@@ -350,7 +350,8 @@ class SkillDecoderServer(Node):
         def decoded():  # remembers the gripper target the safety function is about to see
             # a closed-loop decoder sees the arm state the executor measured for this step
             for action, progress in self.bundle.rollout(v.skill_id, v.argument, max_steps,
-                                                        proprio_fn=self.executor_core.proprio):
+                                                        proprio_fn=self.executor_core.proprio,
+                                                        lead_fn=self.executor_core.command_lead):
                 gripper["cmd"] = float(np.clip(action[-1], 0.0, 1.0)) if np.isfinite(action[-1]) else float("nan")
                 yield action, progress
 

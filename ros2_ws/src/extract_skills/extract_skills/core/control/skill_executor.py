@@ -252,12 +252,23 @@ class SkillExecutor:
         self.sleep = sleep
         self.timing = LoopTiming(self.config.period_s)  # of the skill running or last run
         self.state: ArmState | None = None  # the arm state measured this step, before the decoder is asked
+        self._last_target: np.ndarray | None = None  # joint target this skill asked for last (before the checks)
 
     def proprio(self) -> np.ndarray:
         """``[q, gripper]`` measured this step: the ``proprio_fn`` of a closed-loop decoder's rollout."""
         if self.state is None:
             raise RuntimeError("no arm state measured yet: proprio() is for decoders run by this executor")
         return self.state.proprio()
+
+    def command_lead(self) -> np.ndarray:
+        """(7,) rad: the joint target the decoder asked for last in this skill (before the safety function) minus
+        the joints measured this step; zero at the skill's first step. The ``lead_fn`` of a decoder with command
+        feedback: the demos' controller integrated its target, and this is that hidden state, measured."""
+        if self.state is None:
+            raise RuntimeError("no arm state measured yet: command_lead() is for decoders run by this executor")
+        if self._last_target is None:
+            return np.zeros(NUM_JOINTS)
+        return self._last_target - np.asarray(self.state.q, dtype=np.float64)
 
     # ------------------------------------------------------------------------------------
     def run(
@@ -286,6 +297,7 @@ class SkillExecutor:
         t_start = self.clock()
         steps = 0
         q_start: np.ndarray | None = None  # joints measured at the skill's first step
+        self._last_target = None
         clipped = 0
         it = iter(actions)
         next_tick = max(t_start, self.arm.next_command_not_before)  # the last skill may have ended before its period
@@ -329,7 +341,9 @@ class SkillExecutor:
                     if q_start is None:
                         q_start = np.array(state.q, dtype=np.float64)
                     q_ref = q_start if cfg.action_frame == "skill_start" else state.q
-                    cmd = check_command(state.q, q_ref + action[:NUM_JOINTS], action[NUM_JOINTS], self.limits)
+                    target = q_ref + action[:NUM_JOINTS]
+                    self._last_target = np.array(target, dtype=np.float64)  # NaN stays NaN: refused just below
+                    cmd = check_command(state.q, target, action[NUM_JOINTS], self.limits)
                 except UnsafeCommandError as exc:
                     raise _Exit(SkillStatus.ABORTED, Fault.UNSAFE, f"unsafe command refused: {exc}") from exc
                 if cmd.clipped:

@@ -89,10 +89,11 @@ class SkillEnv:
         before = self._steps
         left = self.steps_left
         if self.fixed_skill_steps is None:
-            rollout = self.bundle.rollout(d, z, proprio_fn=self.executor.proprio)
+            rollout = self.bundle.rollout(d, z, proprio_fn=self.executor.proprio,
+                                          lead_fn=self.executor.command_lead)
         else:  # progress never reaches 2: the skill always runs its fixed horizon
             rollout = self.bundle.rollout(d, z, max_steps=self.fixed_skill_steps, progress_threshold=2.0,
-                                          proprio_fn=self.executor.proprio)
+                                          proprio_fn=self.executor.proprio, lead_fn=self.executor.command_lead)
         res = self.executor.run(ap for ap, _ in zip(rollout, range(left)))
         taken = self._steps - before
         new = self.tracker.update(dict(zip(SUBTASK_NAMES, self.sim.subtask_flags())))

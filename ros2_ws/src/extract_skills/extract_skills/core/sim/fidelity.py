@@ -116,7 +116,8 @@ def replay_posterior(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
     runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)
     for start, end, d in segments:
         z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d, proprio[start:end])
-        runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio))
+        runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio,
+                                  lead_fn=runner.executor.command_lead))
     return runner.finish()
 
 
@@ -139,7 +140,8 @@ def posterior_per_segment(sim: KitchenSim, episode: EpisodeData, segments: Itera
             runner.run((a, 0.0) for a in labels[:start])
         runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)
         z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d, proprio[start:end])
-        runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio))
+        runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio,
+                                  lead_fn=runner.executor.command_lead))
         hit += int(np.all(sim.subtask_flags()[new]))
     return hit, total
 
@@ -158,7 +160,9 @@ def run_prior(sim: KitchenSim, episode: EpisodeData, bundle, encoder, step_budge
         d = int(np.argmax(bundle.skill_prior(obs)))
         z, _ = bundle.argument_prior(obs, d)
         left = budget - runner.steps
-        runner.run((a, p) for (a, p), _ in zip(bundle.rollout(d, z, proprio_fn=runner.executor.proprio), range(left)))
+        ex = runner.executor
+        runner.run((a, p) for (a, p), _ in zip(bundle.rollout(d, z, proprio_fn=ex.proprio, lead_fn=ex.command_lead),
+                                                range(left)))
         if runner.steps == 0:  # nothing moved (e.g. refused): do not spin forever
             break
     return runner.finish()

@@ -59,6 +59,8 @@ def collect_onpolicy(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
     state and return the visited states with relabelled commands. ``segments``: (start, end, skill)."""
     if bundle.action_frame != "measured" or not bundle.closed_loop:
         raise ValueError("on-policy relabelling needs a closed-loop decoder in the 'measured' action frame")
+    if bundle.command_feedback:  # relabelled targets would also need the leads the rollout saw; not built
+        raise ValueError("on-policy relabelling of a decoder with command feedback is not supported")
     reset_like(sim, episode)
     labels, proprio = episode.skill_actions(), episode.proprio()
     runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)

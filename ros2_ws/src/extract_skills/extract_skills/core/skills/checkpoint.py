@@ -176,14 +176,22 @@ class SkillBundle:
         """The decoder needs the measured proprio every step (``rollout(..., proprio_fn=...)``)."""
         return bool(self.model_config.closed_loop)
 
+    @property
+    def command_feedback(self) -> bool:
+        """The decoder also needs the lead of the skill's last command (``rollout(..., lead_fn=...)``)."""
+        return bool(getattr(self.model_config, "command_feedback", False))
+
     def rollout(self, d: int, z: np.ndarray, max_steps: int | None = None,
                 progress_threshold: float | None = None,
-                proprio_fn: Callable[[], np.ndarray] | None = None) -> Iterator[tuple[np.ndarray, float]]:
+                proprio_fn: Callable[[], np.ndarray] | None = None,
+                lead_fn: Callable[[], np.ndarray] | None = None) -> Iterator[tuple[np.ndarray, float]]:
         """Decode skill ``d`` with argument ``z``: yields (action (8,) in raw units, progress), variable length.
 
         Stops after the first step whose progress >= ``progress_threshold`` or after ``max_steps``
         (defaults, and what the decoder node uses: the checkpoint's threshold and max segment length).
-        A closed-loop decoder calls ``proprio_fn()`` -> measured ``[q (7) rad, gripper opening]`` each step.
+        A closed-loop decoder calls ``proprio_fn()`` -> measured ``[q (7) rad, gripper opening]`` each step, and one
+        with command feedback (:attr:`command_feedback`) ``lead_fn()`` -> this skill's last joint target minus the
+        measured joints (7,) rad, zero at its first step (``SkillExecutor.command_lead``).
         """
         self._check_skill(d)
         zt = torch.as_tensor(np.asarray(z, np.float32)).reshape(-1)
@@ -192,7 +200,7 @@ class SkillBundle:
         steps = int(max_steps if max_steps is not None else self.model_config.max_segment_len)
         thr = float(progress_threshold if progress_threshold is not None else self.model_config.progress_threshold)
         low, high = torch.as_tensor(self.action_low), torch.as_tensor(self.action_high)
-        for action, progress in self.model.skill_decoder.rollout(zt, int(d), steps, thr, proprio_fn):
+        for action, progress in self.model.skill_decoder.rollout(zt, int(d), steps, thr, proprio_fn, lead_fn):
             yield denormalise_actions(action, low, high).numpy().astype(np.float32), progress
 
     def _check_skill(self, d: int) -> None:

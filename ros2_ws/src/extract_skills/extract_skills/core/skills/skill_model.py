@@ -61,6 +61,7 @@ class SkillModelConfig:
     encoder_states: bool = False  # q(z | a, s, d): the encoder also reads the measured proprio of every step
     pose_features: bool = False  # closed-loop decoder also sees the flange pose (forward kinematics of q)
     pose_joint_offset: tuple[float, ...] = (0.0,) * 7  # data joints + this = Panda joints (kinematics.py)
+    command_feedback: bool = False  # closed-loop decoder also sees the last joint command minus the measured joints
     batch_size: int = 128  # segments per step
     train_steps: int = 2000  # optimiser steps
     seed: int = 0
@@ -81,6 +82,8 @@ class SkillModelConfig:
             raise ValueError(f"pose_joint_offset needs 7 values, got {len(self.pose_joint_offset)}")
         if self.pose_features and not self.closed_loop:
             raise ValueError("pose_features needs closed_loop (the pose is computed from the measured joints)")
+        if self.command_feedback and not (self.closed_loop and self.action_frame == "measured"):
+            raise ValueError("command_feedback needs a closed-loop decoder in the 'measured' frame")
         if not self.mean_bound > 0:
             raise ValueError(f"mean_bound must be > 0, got {self.mean_bound}")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.prior_floor < 1.0:
@@ -158,7 +161,7 @@ class SkillEncoder(nn.Module):
         if self.state_dim:
             if states is None:
                 raise ValueError("this skill encoder reads states: pass the measured proprio of every step")
-            parts.append(states[:, :L])
+            parts.append(states[:, :L, :PROPRIO_DIM])
         x = torch.cat(parts, -1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
@@ -192,6 +195,11 @@ class SkillDecoder(nn.Module):
         self.register_buffer("pose_offset", torch.tensor(cfg.pose_joint_offset, dtype=torch.float32),
                              persistent=False)  # from the config, which the checkpoint stores
         self.state_dim += (POSE_FEATURE_DIM + 3) if self.pose else 0
+        # Command feedback: the lead of the last joint command over the measured joints (dataset.command_leads).
+        # The demos' controller integrates its target, so a command is (joints + lead + step): without the lead
+        # the decoder must guess that hidden state (gravity sag, a push against a door) from the joints alone.
+        self.command_feedback = cfg.command_feedback
+        self.state_dim += 7 if self.command_feedback else 0
         self.lstm = nn.LSTM(cond + cfg.action_dim + 1 + self.state_dim, cfg.hidden_dim, batch_first=True)
         self.action_head = nn.Linear(cfg.hidden_dim, cfg.action_dim)
         self.progress_head = nn.Linear(cfg.hidden_dim, 1)
@@ -204,11 +212,12 @@ class SkillDecoder(nn.Module):
         return h[None].contiguous(), c[None].contiguous()
 
     def step(self, cond: torch.Tensor, prev: torch.Tensor, t: int, state: tuple[torch.Tensor, torch.Tensor],
-             proprio: torch.Tensor | None = None, q0: torch.Tensor | None = None, p0: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+             proprio: torch.Tensor | None = None, q0: torch.Tensor | None = None, p0: torch.Tensor | None = None,
+             lead: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """One decoder step for a batch: (action (B, A) in [-1, 1], progress logit (B,), new state).
         Closed-loop: ``proprio`` (B, 8) measured now, ``q0`` (B, 7) joints when the skill started; with pose
-        features ``p0`` = :meth:`start_position` (q0), computed once per skill by the caller."""
+        features ``p0`` = :meth:`start_position` (q0), computed once per skill by the caller; with command
+        feedback ``lead`` (B, 7) = last joint command - joints measured now (rad)."""
         tt = torch.full((cond.shape[0], 1), t / self.max_len, dtype=cond.dtype)
         parts = [cond, prev, tt]
         if self.state_dim:
@@ -218,6 +227,10 @@ class SkillDecoder(nn.Module):
             if self.pose:
                 now = pose_features(proprio[:, :7] + self.pose_offset)
                 parts += [now, now[:, :3] - p0]
+            if self.command_feedback:
+                if lead is None:
+                    raise ValueError("this skill decoder uses command feedback: it needs the last command's lead")
+                parts.append(lead)
         out, state = self.lstm(torch.cat(parts, -1)[:, None], state)
         return torch.tanh(self.action_head(out[:, 0])), self.progress_head(out[:, 0]).squeeze(-1), state
 
@@ -228,7 +241,8 @@ class SkillDecoder(nn.Module):
     def forward(self, z: torch.Tensor, d: torch.Tensor, length: int, states: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Free-running decode of ``length`` steps, each fed the previous *own* output (as at execution);
-        closed-loop decoders also get the recorded proprio ``states`` (B, >= L, 8) of each step.
+        closed-loop decoders also get the recorded proprio ``states`` (B, >= L, 8) of each step (B, >= L, 15 with
+        command feedback: [proprio, lead]).
 
         Returns (actions (B, L, A) in [-1, 1], progress logits (B, L)); differentiable end to end."""
         cond = self._cond(z, d)
@@ -238,22 +252,28 @@ class SkillDecoder(nn.Module):
         p0 = self.start_position(q0)
         actions, logits = [], []
         for t in range(length):
-            prev, logit, state = self.step(cond, prev, t, state, None if states is None else states[:, t], q0, p0)
+            s_t = None if states is None else states[:, t]
+            prev, logit, state = self.step(cond, prev, t, state, None if s_t is None else s_t[:, :PROPRIO_DIM], q0, p0,
+                                           s_t[:, PROPRIO_DIM:PROPRIO_DIM + 7] if self.command_feedback else None)
             actions.append(prev)
             logits.append(logit)
         return torch.stack(actions, 1), torch.stack(logits, 1)
 
     @torch.no_grad()
     def rollout(self, z: torch.Tensor, d: int, max_steps: int, progress_threshold: float,
-                proprio_fn: Callable[[], np.ndarray] | None = None) -> Iterator[tuple[torch.Tensor, float]]:
+                proprio_fn: Callable[[], np.ndarray] | None = None,
+                lead_fn: Callable[[], np.ndarray] | None = None) -> Iterator[tuple[torch.Tensor, float]]:
         """Free-running generation for one skill: yields (normalised action (A,), progress in [0, 1]).
-        Closed-loop decoders call ``proprio_fn()`` -> measured (8,) [q, gripper] before every step."""
+        Closed-loop decoders call ``proprio_fn()`` -> measured (8,) [q, gripper] before every step; with command
+        feedback also ``lead_fn()`` -> (7,) last joint command - measured joints."""
         cond = self._cond(z.reshape(1, -1).float(), torch.tensor([d]))
         state = self.initial_state(cond)
         prev = torch.zeros(1, self.a_dim)
         q0 = p0 = None
+        if self.command_feedback and lead_fn is None:
+            raise ValueError("this skill decoder uses command feedback: pass lead_fn (last command - measured joints)")
         for t in range(max_steps):
-            proprio = None
+            proprio = lead = None
             if self.state_dim:
                 if proprio_fn is None:
                     raise ValueError("this skill decoder is closed-loop: pass proprio_fn (the measured arm state)")
@@ -261,7 +281,9 @@ class SkillDecoder(nn.Module):
                 if q0 is None:
                     q0 = proprio[:, :7].clone()
                     p0 = self.start_position(q0)
-            prev, logit, state = self.step(cond, prev, t, state, proprio, q0, p0)
+                if self.command_feedback:
+                    lead = torch.as_tensor(np.asarray(lead_fn(), np.float32)).reshape(1, 7)
+            prev, logit, state = self.step(cond, prev, t, state, proprio, q0, p0, lead)
             progress = float(torch.sigmoid(logit).item())
             yield prev[0], progress
             if progress >= progress_threshold:
@@ -537,6 +559,8 @@ def _noisy_states(acts: torch.Tensor, states: torch.Tensor, cfg: SkillModelConfi
     eps = torch.randn(*states.shape[:2], 7) * cfg.state_noise
     noisy = states.clone()
     noisy[..., :7] += eps
+    if cfg.command_feedback:  # the lead is measured against the same joints: cmd[t-1] - q~
+        noisy[..., PROPRIO_DIM:PROPRIO_DIM + 7] -= eps
     raw = denormalise_actions(acts, low, high)
     raw[..., :7] -= eps
     mask = (acts.abs().sum(-1, keepdim=True) > 0).float()  # padding stays zero
