@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     torch.set_num_threads(args.threads)
-    from extract_skills.core.data.dataset import command_leads, segment_labels
+    from extract_skills.core.data.dataset import segment_labels
     from extract_skills.core.sim.fidelity import (posterior_per_segment, replay_env_actions, replay_labels,
                                                   replay_perturbed_labels, replay_posterior, run_prior)
     from extract_skills.core.sim.kitchen import KitchenConfig, KitchenSim
@@ -99,17 +99,23 @@ def main(argv: list[str] | None = None) -> int:
         for start, end, d in segs:
             lab = segment_labels(labels, proprio, start, end, bundle.action_frame)
             z, _ = bundle.posterior(lab, d, proprio[start:end])
-            k = {"t": start}
+            k = {"t": start, "prev": None}
 
             def demo_state():  # the demo's own states: the decoder's error alone, not the drift it causes
                 t = min(k["t"], end)
                 k["t"] += 1
                 return proprio[t]
-            leads = command_leads(labels, proprio, start, end)
 
-            def demo_lead():  # read after demo_state: k["t"] is already one past this step
-                return leads[min(k["t"] - 1 - start, len(leads) - 1)]
-            dec = np.stack([a for a, _ in bundle.rollout(d, z, proprio_fn=demo_state, lead_fn=demo_lead)])
+            def own_lead():  # after demo_state; as the executor measures it: own last target - the joints now
+                if k["prev"] is None:
+                    return np.zeros(7)
+                now, before = min(k["t"] - 1, end), min(k["t"] - 2, end)
+                return proprio[before, :7] + k["prev"][:7] - proprio[now, :7]
+            dec = []
+            for a, _ in bundle.rollout(d, z, proprio_fn=demo_state, lead_fn=own_lead):
+                k["prev"] = np.asarray(a, np.float64)
+                dec.append(a)
+            dec = np.stack(dec)
             n = min(len(dec), len(lab))
             target_err.append(float(np.abs(dec[:n, :7] - lab[:n, :7]).mean()))
         for o, key in zip(args.offsets, offset_keys):

@@ -116,18 +116,3 @@ def test_iter_dataset_in_index_order_and_info(tmp_path):
     with pytest.raises(ValueError, match="format_version"):
         read_dataset_info(tmp_path)
 
-
-def test_command_leads_are_the_last_command_of_the_segment_minus_the_joints_now():
-    from extract_skills.core.data.dataset import command_leads
-    ep = make_episode(n=6)
-    ep.commands = np.concatenate([ep.qpos[:-1, :7] + 0.1 * np.arange(1, 7)[:, None], np.ones((6, 1))], 1)
-    act, prop = ep.skill_actions(), ep.proprio()
-    lead = command_leads(act, prop, 2, 5)
-    assert lead.shape == (3, 7)
-    np.testing.assert_array_equal(lead[0], np.zeros(7))  # no command of this skill yet
-    for i, t in enumerate(range(3, 5), start=1):
-        np.testing.assert_allclose(lead[i], ep.commands[t - 1, :7] - prop[t, :7], atol=1e-6)
-    with pytest.raises(ValueError, match="start < end"):
-        command_leads(act, prop, 4, 4)
-    with pytest.raises(ValueError, match="proprio"):
-        command_leads(act, prop[:-1], 0, 2)

@@ -172,35 +172,50 @@ def test_state_noise_keeps_the_commanded_target_and_needs_the_measured_frame():
         SkillModelConfig(closed_loop=True, action_frame="skill_start", state_noise=0.02)
 
 
-def test_command_feedback_decoder_needs_the_lead_and_noise_keeps_the_last_command():
-    """With command feedback the decoder reads the lead of the skill's last command every step; state noise moves
-    the measured joints under both the label and the lead, so the commands (this one and the last) stay put."""
-    from extract_skills.core.skills.skill_model import SkillModel, _noisy_states
+def test_command_feedback_decoder_sees_its_own_last_target_in_training_as_at_execution():
+    """With command feedback the decoder reads, every step, the lead of the skill's last joint target over the
+    measured joints. Training (forward over recorded states) computes it from the decoder's own previous output,
+    exactly as the executor measures it at run time: both paths decode the same actions."""
+    from extract_skills.core.skills.skill_model import SkillModel
     with pytest.raises(ValueError, match="command_feedback"):
         SkillModelConfig(command_feedback=True)  # open loop: no measured joints to lead
     with pytest.raises(ValueError, match="command_feedback"):
         SkillModelConfig(closed_loop=True, action_frame="skill_start", command_feedback=True)
-    cfg = SkillModelConfig(num_skills=2, obs_dim=4, hidden_dim=16, closed_loop=True, command_feedback=True,
-                           state_noise=0.02)
+    torch.manual_seed(0)
+    cfg = SkillModelConfig(num_skills=2, obs_dim=4, hidden_dim=16, closed_loop=True, command_feedback=True)
     dec = SkillModel(cfg).eval().skill_decoder
+    low, high = np.full(8, -0.3, np.float32), np.full(8, 0.5, np.float32)
+    dec.set_action_bounds(low, high)
     plain = SkillModel(SkillModelConfig(num_skills=2, obs_dim=4, hidden_dim=16, closed_loop=True)).skill_decoder
     assert dec.lstm.input_size == plain.lstm.input_size + 7
+    assert "action_low" not in dec.state_dict()  # the checkpoint's bounds are set on load
     with pytest.raises(ValueError, match="lead_fn"):
         next(dec.rollout(torch.zeros(5), 0, 3, 1.0, proprio_fn=lambda: np.zeros(8)))
     a = [s for s, _ in dec.rollout(torch.zeros(5), 0, 1, 1.0, lambda: np.zeros(8), lambda: np.zeros(7))]
     b = [s for s, _ in dec.rollout(torch.zeros(5), 0, 1, 1.0, lambda: np.zeros(8), lambda: np.full(7, 0.1))]
     assert not torch.allclose(a[0], b[0])  # the lead changes what is decoded
-    states = torch.randn(2, 5, 15)  # [q, gripper, lead]
-    out, _ = dec(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), 5, states)
-    assert out.shape == (2, 5, 8)
-    torch.manual_seed(0)
-    low, high = torch.full((8,), -0.5), torch.full((8,), 0.5)
-    acts = torch.rand(2, 5, 8) * 0.8 - 0.4
-    noisy, targets = _noisy_states(acts, states, cfg, low, high)
-    last_cmd = states[..., :7] + states[..., 8:15]
-    assert torch.allclose(noisy[..., :7] + noisy[..., 8:15], last_cmd, atol=1e-5)
-    assert torch.allclose(noisy[..., :7] + denormalise_actions(targets, low, high)[..., :7],
-                          states[..., :7] + denormalise_actions(acts, low, high)[..., :7], atol=1e-5)
+
+    states = torch.randn(1, 6, 8) * 0.2
+    z = torch.randn(1, 5)
+    with torch.no_grad():
+        trained, _ = dec(z, torch.ones(1, dtype=torch.long), 6, states)
+    k = {"t": 0, "prev": None}
+
+    def proprio():
+        k["t"] += 1
+        return states[0, k["t"] - 1].numpy()
+
+    def lead():  # what SkillExecutor.command_lead gives: last target (q then + raw action) - q now
+        if k["prev"] is None:
+            return np.zeros(7)
+        t = k["t"] - 1
+        raw = low + (k["prev"].numpy() + 1.0) * 0.5 * (high - low)
+        return states[0, t - 1, :7].numpy() + raw[:7] - states[0, t, :7].numpy()
+    run = []
+    for act, _ in dec.rollout(z[0], 1, 6, 2.0, proprio, lead):
+        k["prev"] = act
+        run.append(act)
+    assert torch.allclose(torch.stack(run), trained[0], atol=1e-5)
 
 
 def test_relabelled_targets_train_the_decoder_from_the_states_it_visited():

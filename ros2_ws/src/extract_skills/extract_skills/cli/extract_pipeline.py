@@ -290,11 +290,10 @@ def stage_segment(args: argparse.Namespace, cluster_hash: str) -> str:
     return _run_stage("segment", args, h, out, run)
 
 
-def load_training_data(run: Path, action_frame: str = "skill_start", command_feedback: bool = False) -> dict[str, Any]:
+def load_training_data(run: Path, action_frame: str = "skill_start") -> dict[str, Any]:
     """Segments of an ``extract`` run as :class:`SkillTrainingData` (obs at each segment's first frame, actions
-    in ``action_frame``), with the embedding normalisation, action bounds, K-means centres and encoder identity.
-    ``command_feedback``: each step's state is [proprio (8), lead of the last command (7)] (``command_leads``)."""
-    from extract_skills.core.data.dataset import command_leads, segment_labels
+    in ``action_frame``), with the embedding normalisation, action bounds, K-means centres and encoder identity."""
+    from extract_skills.core.data.dataset import segment_labels
     from extract_skills.core.skills.skill_model import SkillTrainingData, compute_action_bounds
     data = _load_embeddings(run, thumbs=False)
     doc = json.loads((run / "segments.json").read_text())
@@ -312,9 +311,6 @@ def load_training_data(run: Path, action_frame: str = "skill_start", command_fee
                                     data["proprio"][s["episode"]][s["start"]]]) for s in segs])
     low, high = compute_action_bounds(np.concatenate(actions))
     states = [data["proprio"][s["episode"]][s["start"]:s["end"]] for s in segs]  # before each action
-    if command_feedback:
-        states = [np.concatenate([st, command_leads(data["actions"][s["episode"]], data["proprio"][s["episode"]],
-                                                    s["start"], s["end"])], 1) for st, s in zip(states, segs)]
     return {"data": SkillTrainingData(actions, np.array([s["label"] for s in segs]), obs.astype(np.float32),
                                       np.array([s["episode"] for s in segs]), states),
             "obs_mean": obs_mean, "obs_std": obs_std, "action_low": low, "action_high": high, "centres": centres,
@@ -359,7 +355,7 @@ def stage_train(args: argparse.Namespace, segment_hash: str) -> str:
 
         from extract_skills.core.skills.checkpoint import save_skill_bundle
         from extract_skills.core.skills.skill_model import evaluate_skill_model, split_by_episode, train_skill_model
-        td = load_training_data(args.run_dir, mcfg.action_frame, mcfg.command_feedback)
+        td = load_training_data(args.run_dir, mcfg.action_frame)
         everything, low, high = td["data"], td["action_low"], td["action_high"]
         if everything.obs.shape[1] != mcfg.obs_dim:
             raise SystemExit(f"embeddings have {everything.obs.shape[1] - PROPRIO_DIM} dims, encoder {args.encoder} "
@@ -457,7 +453,7 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
                 raise SystemExit(f"{old} grew from another base checkpoint than {base}: pass --force to start over")
             old.unlink()
     cfg = dataclasses.replace(bundle.model_config, train_steps=steps)
-    td = load_training_data(run, cfg.action_frame, cfg.command_feedback)
+    td = load_training_data(run, cfg.action_frame)
     data, low, high = td["data"], bundle.action_low, bundle.action_high
     train, val = split_by_episode(data, val_fraction, seed)
     val_eps = sorted(int(e) for e in np.unique(val.episodes))

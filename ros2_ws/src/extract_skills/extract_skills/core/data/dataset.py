@@ -263,24 +263,6 @@ def read_dataset_info(directory: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def command_leads(step_actions: np.ndarray, proprio: np.ndarray, start: int, end: int) -> np.ndarray:
-    """(end - start, 7) lead of the skill's last joint command over the joints measured at each step of the
-    segment ``[start, end)``: ``q_cmd[t-1] - q[t]``, zero at the segment's first step (no command of this skill yet).
-
-    ``step_actions`` (N, 8) :meth:`EpisodeData.skill_actions`, ``proprio`` (N+1, 8). A controller that integrates
-    its target (the scripted demos' IK, anything compensating gravity sag) commands ``q[t] + lead[t] + step``: the
-    lead is its hidden state, and a decoder that is not shown it has to guess it from the joints alone. Counted
-    from the skill's start, so the executor can supply it from its own commands with no state across skills."""
-    a = np.asarray(step_actions, dtype=np.float64)
-    q = np.asarray(proprio, dtype=np.float64)[:, :7]
-    if a.ndim != 2 or a.shape[1] < 7 or len(q) != len(a) + 1 or not 0 <= start < end <= len(a):
-        raise ValueError(f"need step_actions (N, 8), proprio (N+1, 8) and 0 <= start < end <= N, got {a.shape}, "
-                         f"{q.shape}, [{start}, {end})")
-    lead = np.zeros((end - start, 7))
-    lead[1:] = a[start:end - 1, :7] + q[start:end - 1] - q[start + 1:end]
-    return lead
-
-
 def segment_labels(step_actions: np.ndarray, proprio: np.ndarray, start: int, end: int,
                    frame: str = "measured") -> np.ndarray:
     """Labels of one skill segment ``[start, end)`` in the skill decoder's action frame.

@@ -333,6 +333,7 @@ def load_skill_bundle(path: Path | str, expect: Mapping[str, Any] | None = None)
         raise CheckpointCorruptError(path, problems)
     for name in NETWORKS:
         getattr(model, name).load_state_dict(blob[name])
+    model.skill_decoder.set_action_bounds(blob["action_low"], blob["action_high"])
     meta = BundleMeta(**{f.name: blob[f.name] for f in fields(BundleMeta)})
     return SkillBundle(meta, model, blob["kmeans_centres"].numpy(), blob["obs_mean"].numpy(),
                        blob["obs_std"].numpy(), blob["action_low"].numpy(), blob["action_high"].numpy(),

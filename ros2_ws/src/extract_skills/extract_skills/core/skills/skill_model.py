@@ -195,14 +195,25 @@ class SkillDecoder(nn.Module):
         self.register_buffer("pose_offset", torch.tensor(cfg.pose_joint_offset, dtype=torch.float32),
                              persistent=False)  # from the config, which the checkpoint stores
         self.state_dim += (POSE_FEATURE_DIM + 3) if self.pose else 0
-        # Command feedback: the lead of the last joint command over the measured joints (dataset.command_leads).
-        # The demos' controller integrates its target, so a command is (joints + lead + step): without the lead
-        # the decoder must guess that hidden state (gravity sag, a push against a door) from the joints alone.
+        # Command feedback: the lead of the skill's last joint command over the measured joints. The demos'
+        # controller integrates its target, so a command is (joints + lead + step): without the lead the decoder
+        # must guess that hidden state (gravity sag, a push against a door) from the joints alone. In training the
+        # lead comes from the decoder's own previous output, as at execution (a lead taken from the demo's
+        # commands decoded demo states better and executed worse: benchmarks/RESULTS.md, session 13).
         self.command_feedback = cfg.command_feedback
         self.state_dim += 7 if self.command_feedback else 0
+        # raw action bounds, to turn its own normalised outputs into joint targets; from the checkpoint/training
+        # data (set_action_bounds), not saved with the weights
+        self.register_buffer("action_low", -torch.ones(cfg.action_dim), persistent=False)
+        self.register_buffer("action_high", torch.ones(cfg.action_dim), persistent=False)
         self.lstm = nn.LSTM(cond + cfg.action_dim + 1 + self.state_dim, cfg.hidden_dim, batch_first=True)
         self.action_head = nn.Linear(cfg.hidden_dim, cfg.action_dim)
         self.progress_head = nn.Linear(cfg.hidden_dim, 1)
+
+    def set_action_bounds(self, low: np.ndarray | torch.Tensor, high: np.ndarray | torch.Tensor) -> None:
+        """The raw [low, high] the normalised actions map to (what the model was trained with)."""
+        self.action_low.copy_(torch.as_tensor(np.asarray(low, np.float32)))
+        self.action_high.copy_(torch.as_tensor(np.asarray(high, np.float32)))
 
     def _cond(self, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return torch.cat([z, _one_hot(d, self.k)], -1)
@@ -241,8 +252,9 @@ class SkillDecoder(nn.Module):
     def forward(self, z: torch.Tensor, d: torch.Tensor, length: int, states: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Free-running decode of ``length`` steps, each fed the previous *own* output (as at execution);
-        closed-loop decoders also get the recorded proprio ``states`` (B, >= L, 8) of each step (B, >= L, 15 with
-        command feedback: [proprio, lead]).
+        closed-loop decoders also get the recorded proprio ``states`` (B, >= L, 8) of each step. With command
+        feedback the lead is the own previous target minus the joints now, ``q[t-1] + a[t-1] - q[t]`` (zero at
+        the first step), as the executor measures it.
 
         Returns (actions (B, L, A) in [-1, 1], progress logits (B, L)); differentiable end to end."""
         cond = self._cond(z, d)
@@ -251,10 +263,12 @@ class SkillDecoder(nn.Module):
         q0 = states[:, 0, :7] if states is not None else None
         p0 = self.start_position(q0)
         actions, logits = [], []
+        lead = torch.zeros(z.shape[0], 7, dtype=z.dtype) if self.command_feedback else None
         for t in range(length):
-            s_t = None if states is None else states[:, t]
-            prev, logit, state = self.step(cond, prev, t, state, None if s_t is None else s_t[:, :PROPRIO_DIM], q0, p0,
-                                           s_t[:, PROPRIO_DIM:PROPRIO_DIM + 7] if self.command_feedback else None)
+            s_t = None if states is None else states[:, t, :PROPRIO_DIM]
+            if self.command_feedback and t > 0:
+                lead = states[:, t - 1, :7] + denormalise_actions(prev, self.action_low, self.action_high)[:, :7] - s_t[:, :7]
+            prev, logit, state = self.step(cond, prev, t, state, s_t, q0, p0, lead)
             actions.append(prev)
             logits.append(logit)
         return torch.stack(actions, 1), torch.stack(logits, 1)
@@ -521,6 +535,7 @@ def evaluate_skill_model(model: SkillModel, data: SkillTrainingData, action_low:
     against the labels, over valid steps and the 7 joints; ``gripper_command_error``: the same for the gripper."""
     cfg = model.cfg
     model.eval()
+    model.skill_decoder.set_action_bounds(action_low, action_high)
     acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
     losses = model.loss(acts, lens, labels, obs, states, sample=False)
     mean, log_std = model.skill_encoder(acts, labels, lens, states)
@@ -559,8 +574,6 @@ def _noisy_states(acts: torch.Tensor, states: torch.Tensor, cfg: SkillModelConfi
     eps = torch.randn(*states.shape[:2], 7) * cfg.state_noise
     noisy = states.clone()
     noisy[..., :7] += eps
-    if cfg.command_feedback:  # the lead is measured against the same joints: cmd[t-1] - q~
-        noisy[..., PROPRIO_DIM:PROPRIO_DIM + 7] -= eps
     raw = denormalise_actions(acts, low, high)
     raw[..., :7] -= eps
     mask = (acts.abs().sum(-1, keepdim=True) > 0).float()  # padding stays zero
@@ -594,6 +607,7 @@ def train_skill_model(data: SkillTrainingData, cfg: SkillModelConfig, action_low
     model = SkillModel(cfg)
     if init is not None:
         model.load_state_dict(init.state_dict())
+    model.skill_decoder.set_action_bounds(action_low, action_high)
     trained = model.skill_decoder if decoder_only else model
     opt = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Cosine decay: at a constant lr the minibatch noise sets a floor on the decoder's precision.
