@@ -103,6 +103,20 @@ def test_pipeline_end_to_end_and_resumable(dataset, tmp_path, capsys):
     assert main(["cluster", *common, *tiny, "--median-kernel", "3", "--force"]) == 0
     assert "[cluster] running" in capsys.readouterr().out
 
+    # command feedback: only the skill model is retrained; the loaded decoder has the checkpoint's action bounds
+    # (it turns its own outputs into the lead it reads) and needs the executor's lead every step
+    assert main(["train", *common, *tiny, "--median-kernel", "3", "--action-frame", "measured",
+                 "--command-feedback"]) == 0
+    assert "[train] running" in capsys.readouterr().out
+    fb = load_skill_bundle(out)
+    assert fb.command_feedback and not bundle.command_feedback
+    np.testing.assert_array_equal(fb.model.skill_decoder.action_low.numpy(), fb.action_low)
+    with pytest.raises(ValueError, match="lead_fn"):
+        next(fb.rollout(0, mean, proprio_fn=lambda: np.zeros(8, np.float32)))
+    steps = list(fb.rollout(0, mean, max_steps=5, proprio_fn=lambda: np.zeros(8, np.float32),
+                            lead_fn=lambda: np.zeros(7)))
+    assert 1 <= len(steps) <= 5
+
 
 def test_dagger_stage_on_kitchen_demos(tmp_path, capsys):
     """`extract dagger` end to end on a few real scripted kitchen demos: a base model from `extract all`, one
