@@ -6,7 +6,7 @@
 #      encoder comparison (benchmarks/encoder_comparison.py); RETRAIN_ENCODER=1 re-trains it with
 #      R3M's time-contrastive objective on the demos' frames,
 #   3. the EXTRACT pipeline: embed -> K-means (K=8) -> segment -> skill VAE (closed-loop, free-running
-#      decoder, measured-frame commands, state-noise training) + priors, with 20% of whole episodes held out for
+#      decoder, measured-frame commands, state-noise training, command feedback) + priors, with 20% of whole episodes held out for
 #      model selection and calibration,
 #   4. the SPiRL-style baseline skill model (models/spirl_kitchen.pt) for the sample-efficiency benchmark.
 # DAGGER_ROUNDS=3 adds DAgger rounds after each training (`extract dagger`: the decoder drives the kitchen through
@@ -50,7 +50,9 @@ train_skills() {
       --threads "$THREADS" "$@" "${RECIPE[@]}"
   fi
 }
-train_skills "$RUN" models/extract_kitchen.pt
+# EXTRACT's decoder also sees the lead of its last joint target over the measured joints (--command-feedback;
+# benchmarks/RESULTS.md, session 13: chained and prior-only skills complete more subtasks).
+train_skills "$RUN" models/extract_kitchen.pt --command-feedback
 # Baseline for benchmarks/sample_efficiency.py: SPiRL-style skills (one skill, <= 10-step windows) on the same
 # data, embeddings and encoder.
 train_skills "${RUN}_spirl" models/spirl_kitchen.pt "${SPIRL[@]}"

@@ -68,14 +68,17 @@ def test_priors_and_variable_length_skills(bundle, kitchen_obs):
         z = mean + std * rng.standard_normal(mean.shape)  # as the skill policy samples it
         assert np.all(np.abs(mean) <= bundle.argument_bound)
         q = REST_Q.copy()
+        asked = None  # the last joint target this skill asked for (the executor's command_lead reads it)
         # stop threshold and step cap from the checkpoint; a closed-loop decoder reads the (here: commanded)
-        # joint state before each step
+        # joint state before each step, and the lead of its last target over it
         steps = []
-        for action, progress in bundle.rollout(d, z, proprio_fn=lambda: np.concatenate([q, [1.0]])):
+        for action, progress in bundle.rollout(d, z, proprio_fn=lambda: np.concatenate([q, [1.0]]),
+                                               lead_fn=lambda: np.zeros(7) if asked is None else asked - q):
             steps.append((action, progress))
             assert np.all(np.isfinite(action)) and action.shape == (8,)
             assert np.all(action >= bundle.action_low - 1e-6) and np.all(action <= bundle.action_high + 1e-6)
-            cmd = check_command(q, q + action[:7], action[7], limits)  # every decoded step passes the checks
+            asked = q + action[:7]
+            cmd = check_command(q, asked, action[7], limits)  # every decoded step passes the checks
             q = np.asarray(cmd.q)
         lengths.add(len(steps))
     assert len(lengths) > 1, f"all skills decoded to the same length {lengths}: not variable-length"
