@@ -59,8 +59,6 @@ def collect_onpolicy(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
     state and return the visited states with relabelled commands. ``segments``: (start, end, skill)."""
     if bundle.action_frame != "measured" or not bundle.closed_loop:
         raise ValueError("on-policy relabelling needs a closed-loop decoder in the 'measured' action frame")
-    if bundle.command_feedback:  # relabelled targets would also need the leads the rollout saw; not built
-        raise ValueError("on-policy relabelling of a decoder with command feedback is not supported")
     reset_like(sim, episode)
     labels, proprio = episode.skill_actions(), episode.proprio()
     runner = _Runner(sim, limits, max_steps=bundle.max_skill_steps, action_frame=bundle.action_frame)
@@ -76,7 +74,10 @@ def collect_onpolicy(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
 
         z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d,
                                 proprio[start:end])
-        res = runner.run(bundle.rollout(d, z, max_steps=length, progress_threshold=2.0, proprio_fn=proprio_fn))
+        # a decoder with command feedback computes the lead from its own outputs in training too: the visited
+        # states are all it needs
+        res = runner.run(bundle.rollout(d, z, max_steps=length, progress_threshold=2.0, proprio_fn=proprio_fn,
+                                        lead_fn=runner.executor.command_lead))
         if res.status is not SkillStatus.SUCCEEDED or len(seen) != length:
             break
         visited = np.stack(seen)
