@@ -115,4 +115,3 @@ def test_iter_dataset_in_index_order_and_info(tmp_path):
     info.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="format_version"):
         read_dataset_info(tmp_path)
-

@@ -179,7 +179,7 @@ class SkillBundle:
     @property
     def command_feedback(self) -> bool:
         """The decoder also needs the lead of the skill's last command (``rollout(..., lead_fn=...)``)."""
-        return bool(getattr(self.model_config, "command_feedback", False))
+        return bool(self.model_config.command_feedback)
 
     def rollout(self, d: int, z: np.ndarray, max_steps: int | None = None,
                 progress_threshold: float | None = None,

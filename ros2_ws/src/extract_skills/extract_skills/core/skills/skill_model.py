@@ -161,7 +161,7 @@ class SkillEncoder(nn.Module):
         if self.state_dim:
             if states is None:
                 raise ValueError("this skill encoder reads states: pass the measured proprio of every step")
-            parts.append(states[:, :L, :PROPRIO_DIM])
+            parts.append(states[:, :L])
         x = torch.cat(parts, -1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
@@ -265,9 +265,10 @@ class SkillDecoder(nn.Module):
         actions, logits = [], []
         lead = torch.zeros(z.shape[0], 7, dtype=z.dtype) if self.command_feedback else None
         for t in range(length):
-            s_t = None if states is None else states[:, t, :PROPRIO_DIM]
-            if self.command_feedback and t > 0:
-                lead = states[:, t - 1, :7] + denormalise_actions(prev, self.action_low, self.action_high)[:, :7] - s_t[:, :7]
+            s_t = None if states is None else states[:, t]
+            if self.command_feedback and t > 0:  # own last target - joints now
+                target = states[:, t - 1, :7] + denormalise_actions(prev, self.action_low, self.action_high)[:, :7]
+                lead = target - s_t[:, :7]
             prev, logit, state = self.step(cond, prev, t, state, s_t, q0, p0, lead)
             actions.append(prev)
             logits.append(logit)
@@ -535,7 +536,6 @@ def evaluate_skill_model(model: SkillModel, data: SkillTrainingData, action_low:
     against the labels, over valid steps and the 7 joints; ``gripper_command_error``: the same for the gripper."""
     cfg = model.cfg
     model.eval()
-    model.skill_decoder.set_action_bounds(action_low, action_high)
     acts, lens, labels, obs, states = _tensors(data, cfg, action_low, action_high)
     losses = model.loss(acts, lens, labels, obs, states, sample=False)
     mean, log_std = model.skill_encoder(acts, labels, lens, states)
