@@ -154,3 +154,5 @@ def test_dagger_stage_on_kitchen_demos(tmp_path, capsys):
     assert file_sha256(out) == file_sha256(best["checkpoint"])
     tuned = load_skill_bundle(run / "dagger_round1.pt")
     assert tuned.config["dagger"]["base_sha256"] == file_sha256(base) and tuned.config["dagger"]["round"] == 1
+    # the run's report (what make_models.sh ships) describes the chosen round, not the base
+    assert f"DAgger round {best['round']} of 1" in (run / "skill_model_report.md").read_text()

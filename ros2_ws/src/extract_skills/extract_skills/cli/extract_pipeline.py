@@ -523,6 +523,13 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.copyfile(best[2], tmp)
     os.replace(tmp, out)
+    # the run's report describes the checkpoint that ships (make_models.sh copies it to models/report/)
+    chosen = load_skill_bundle(best[2]).config
+    if "train_metrics" in chosen and "validation" in chosen:
+        report = skill_model_report({"train": chosen["train_metrics"], "validation": chosen["validation"]})
+        report += (f"\nDAgger round {best[1]} of {rounds} (round 0: the base), chosen for the most held-out subtasks "
+                   f"decoded chained: {best[0]} of {records[best[1]]['heldout_demo']}.\n")
+        (run / "skill_model_report.md").write_text(report)
     print(f"[dagger] {out} <- round {best[1]} ({best[0]} held-out subtasks)")
     return records
 
