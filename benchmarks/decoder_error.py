@@ -7,6 +7,8 @@ step before (the scripted controller switching waypoint or gripper), and by join
     python benchmarks/decoder_error.py models/extract_kitchen.pt runs/kitchen
 
 The run directory must be the one the checkpoint was trained in (its segments and held-out split).
+``--argument-noise 0.3 0.6`` also decodes from the posterior mean plus Gaussian noise of each std (fixed seed): how
+far the decoded commands move when the argument is not exactly one the encoder produced, as when a policy explores.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--argument-noise", type=float, nargs="*", default=[])
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from extract_skills.cli.extract_pipeline import load_training_data
@@ -62,6 +65,18 @@ def main(argv: list[str] | None = None) -> int:
                     (f"jump {q90:.3f}-{q97:.3f}", (j > q90) & (j <= q97)), (f"jump > {q97:.3f} (top 3%)", j > q97)]:
         print(f"| {name} | {s.sum()} | {e[s].mean():.4f} | {e[s].sum() / e.sum():.2f} |")
     print("per joint error:", np.round(np.abs(P - T).mean(0), 4), " bias:", np.round((P - T).mean(0), 4))
+    if a.argument_noise:
+        lo, hi = torch.as_tensor(b.action_low), torch.as_tensor(b.action_high)
+        mask = torch.arange(acts.shape[1])[None, :] < lens[:, None]
+        target = denormalise_actions(acts, lo, hi)[..., :7][mask]
+        gen = torch.Generator().manual_seed(0)
+        print("| argument = posterior mean + N(0, s^2), s | mean abs joint error (rad) |\n|---:|---:|")
+        for sd in [0.0, *a.argument_noise]:
+            with torch.no_grad():
+                out, _ = b.model.skill_decoder(mean + sd * torch.randn(mean.shape, generator=gen), labels,
+                                               acts.shape[1], states)
+            err_sd = (denormalise_actions(out, lo, hi)[..., :7][mask] - target).abs().mean()
+            print(f"| {sd:g} | {float(err_sd):.4f} |")
     return 0
 
 
