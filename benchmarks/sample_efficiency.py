@@ -312,42 +312,39 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def say(line: str) -> None:
-    """One status line as a single write: --jobs workers share stdout, and print() issues the text and its newline as
-    two writes when Python runs unbuffered (PYTHONUNBUFFERED, as under CI), so lines of two workers could interleave."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def run_all(args) -> None:
     """Every (method, seed) not yet done and not claimed by another process, longest methods first."""
     for m in sorted(args.methods, key=BY_COST.index):
         for s in args.seeds:
             out = args.out_dir / f"{m}_s{s}.json"
             if out.is_file():
-                say(f"[{m} s{s}] done before, skipping")
+                print(f"[{m} s{s}] done before, skipping")
                 continue
             # several processes may share the out dir (--jobs, or one per core with --seeds N): claim the run
             claim = args.out_dir / f"{m}_s{s}.running"
             try:
                 os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
-                say(f"[{m} s{s}] another process runs it (delete {claim} if that process died; a flat SAC "
-                    f"run then resumes from its checkpoint), skipping")
+                print(f"[{m} s{s}] another process runs it (delete {claim} if that process died; a flat SAC "
+                      f"run then resumes from its checkpoint), skipping")
                 continue
             t0 = time.time()
-            say(f"[{m} s{s}] running")
+            print(f"[{m} s{s}] running", flush=True)
             res = (run_skill_agent(args, m, s) if m in ("extract", "spirl") else
                    run_flat_sac(args, s) if m == "sac" else run_bc(args, s))
             res.setdefault("seconds", round(time.time() - t0, 1))
             out.write_text(json.dumps(res, indent=1))
             claim.unlink()
-            say(f"[{m} s{s}] {res['mean_subtasks']} in {res['seconds']} s")
+            print(f"[{m} s{s}] {res['mean_subtasks']} in {res['seconds']} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(raw)
+    if hasattr(sys.stdout, "reconfigure"):
+        # --jobs workers share stdout; unbuffered (PYTHONUNBUFFERED, as under CI) print() writes a line's text and its
+        # newline separately, so two workers' lines could splice. Line buffering makes every line one write.
+        sys.stdout.reconfigure(line_buffering=True, write_through=False)
     logging.basicConfig(level=logging.WARNING)
     import torch
 

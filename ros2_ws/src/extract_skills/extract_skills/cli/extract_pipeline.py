@@ -467,7 +467,7 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
     agg_rows: list[int] = []
     agg_states: list[np.ndarray] = []
     agg_targets: list[np.ndarray] = []
-    best = (-1, 0, base)
+    best = (-1, 0, base, bundle.config)
     records: list[dict[str, Any]] = []
     for r in range(rounds + 1):
         ckpt = base if r == 0 else run / f"dagger_round{r}.pt"
@@ -519,12 +519,12 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
                         "aggregate_segments": len(agg_rows)})
         print(f"[dagger] round {r}: held-out episodes decoded chained: {got} / {want} subtasks")
         if got > best[0]:
-            best = (got, r, ckpt)
+            best = (got, r, ckpt, bundle.config)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.copyfile(best[2], tmp)
     os.replace(tmp, out)
     # the run's report describes the checkpoint that ships (make_models.sh copies it to models/report/)
-    chosen = load_skill_bundle(best[2]).config
+    chosen = best[3]
     if "train_metrics" in chosen and "validation" in chosen:
         report = skill_model_report({"train": chosen["train_metrics"], "validation": chosen["validation"]})
         report += (f"\nDAgger round {best[1]} of {rounds} (round 0: the base), chosen for the most held-out subtasks "
