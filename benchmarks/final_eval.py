@@ -37,14 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="EXTRACT skill checkpoint the agents were trained with (default: the benchmark's)")
+    ap.add_argument("--alpha-z", type=float, default=None, help="as the agents were trained with (sample_efficiency.py)")
+    ap.add_argument("--alpha-d", type=float, default=None, help="as the agents were trained with (sample_efficiency.py)")
     a = ap.parse_args(argv)
     extra = [] if a.checkpoint is None else ["--checkpoint", str(a.checkpoint)]
+    extra += [x for k in ("alpha_z", "alpha_d") if getattr(a, k) is not None
+              for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
     base = se.parse_args(["--threads", str(a.threads), *extra])  # the benchmark's task, episode length, checkpoints
     base.eval_episodes = a.episodes
 
     import torch
 
-    from extract_skills.core.rl.skill_sac import HybridSkillSAC, SkillSACConfig
+    from extract_skills.core.rl.skill_sac import HybridSkillSAC
     from extract_skills.core.rl.trainer import Learner, run_episode
     from extract_skills.core.skills.encoders import file_sha256
 
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = a.out_dir / f"{method}_s{s}"
             for stage in ("start", "final"):
                 torch.manual_seed(s)
-                agent = HybridSkillSAC(bundle.model, bundle.argument_bound, SkillSACConfig(utd=base.utd))
+                agent = HybridSkillSAC(bundle.model, bundle.argument_bound, se.agent_config(base))
                 learner = Learner(agent, run_dir if stage == "final" else None, seed=s,
                                   skill_checkpoint_sha256=file_sha256(ckpt))
                 if stage == "final" and learner.resume() is None:

@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "same updates per env step for skills of any length)")
     ap.add_argument("--learning-starts", type=int, default=None,
                     help="first gradient step after this many transitions / env steps (default: the agent's 256)")
+    ap.add_argument("--alpha-z", type=float, default=None,
+                    help="weight of the skill agents' argument KL to p(z|s,d) (default: the agent's 0.01)")
+    ap.add_argument("--alpha-d", type=float, default=None,
+                    help="weight of the skill agents' skill-choice KL to p(d|s) (default: the agent's 0.1)")
     ap.add_argument("--eval-episodes", type=int, default=5)
     ap.add_argument("--episode-steps", type=int, default=400, help="low-level steps per episode")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -106,10 +110,18 @@ def _env(args, checkpoint: Path, flat: bool = False, spirl: bool = False):
     return SkillEnv(sim, bundle, encoder, cfg, fixed_skill_steps=10 if spirl else None), bundle
 
 
+def agent_config(args, **extra):
+    """The skill agents' SAC config from the benchmark's options (final_eval.py rebuilds the same one)."""
+    from extract_skills.core.rl.skill_sac import SkillSACConfig
+    opts = {k: v for k, v in (("learning_starts", args.learning_starts), ("alpha_z", args.alpha_z),
+                              ("alpha_d", args.alpha_d)) if v is not None}
+    return SkillSACConfig(utd=args.utd, utd_unit=args.utd_unit, **opts, **extra)
+
+
 def run_skill_agent(args, method: str, seed: int) -> dict:
     import torch
 
-    from extract_skills.core.rl.skill_sac import HybridSkillSAC, SkillSACConfig
+    from extract_skills.core.rl.skill_sac import HybridSkillSAC
     from extract_skills.core.rl.trainer import Learner, TrainConfig, train
     from extract_skills.core.skills.encoders import file_sha256
 
@@ -117,9 +129,7 @@ def run_skill_agent(args, method: str, seed: int) -> dict:
     env, bundle = _env(args, ckpt, spirl=method == "spirl")
     quick = dict(batch_size=16, learning_starts=16) if args.quick else {}
     torch.manual_seed(seed)  # network initialisation
-    starts = {} if args.learning_starts is None else {"learning_starts": args.learning_starts}
-    agent = HybridSkillSAC(bundle.model, bundle.argument_bound,
-                           SkillSACConfig(utd=args.utd, utd_unit=args.utd_unit, **starts, **quick))
+    agent = HybridSkillSAC(bundle.model, bundle.argument_bound, agent_config(args, **quick))
     run_dir = args.out_dir / f"{method}_s{seed}"
     learner = Learner(agent, run_dir, seed=seed, skill_checkpoint_sha256=file_sha256(ckpt))
     t0 = time.time()
