@@ -3,7 +3,8 @@ what its own starting point (the offline priors) achieves, on the same evaluatio
 
 Measured (seed 0, 2026-11-26) with the previous skill model: priors 0.15, after 6000 env steps 0.40 (20 episodes
 each); with the session-3 model (measured-frame decoder, state-noise training): priors 0.10, after 0.15; with the
-shipped one (the same plus command feedback, 2026-11-27): priors 0.00, after 0.05. Learning is not monotonic at this
+same plus command feedback (2026-11-27): priors 0.00, after 0.05 (0.10 at alpha_z 0.1); with the shipped one (that
+plus two DAgger rounds, the agent's alpha_z 0.1, session 15): priors 0.15, after 0.20 (0.50 at alpha_z 0.01). Learning is not monotonic at this
 budget (9000 steps gave 0.20; runs without a fixed initialisation gave 0.20-0.40), so the test asserts the property,
 not a margin."""
 from __future__ import annotations

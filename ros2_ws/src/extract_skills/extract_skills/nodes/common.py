@@ -375,7 +375,7 @@ SAC_DEFAULTS = {
     "learning_starts": 256,  # transitions before the first gradient step
     "utd": 1.0,  # gradient steps per transition
     "gamma": 0.99,  # discount per skill
-    "alpha_z": 0.01,  # weight of KL(pi(z|s,d) || p(z|s,d))
+    "alpha_z": 0.1,  # weight of KL(pi(z|s,d) || p(z|s,d)) (official 0.01: see SkillSACConfig)
     "alpha_d": 0.1,  # weight of KL(pi(d|s) || p(d|s))
     "auto_alpha": False,  # tune both alphas towards target divergences
 }

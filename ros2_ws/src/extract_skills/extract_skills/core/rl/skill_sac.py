@@ -12,7 +12,11 @@ with z_d ~ pi(z|s,d) reparameterised, and the critics regress onto
 
 One transition is one skill (a high-level step): r is the reward summed over the skill's low-level steps and
 gamma applies once per skill. Truncation (step budget spent) bootstraps; termination (task done) does not.
-Defaults are the official configuration (alpha_z 0.01, alpha_d 0.1, batch 256, gamma 0.99, 50k transitions).
+Defaults are the official configuration (alpha_d 0.1, batch 256, gamma 0.99, 50k transitions) except alpha_z: 0.1,
+not 0.01. At 0.01 the argument term is too weak to matter against Q (final agents 3-6 nats per skill from
+p(z|s,d), means moved ~0.5-0.8 per dimension in 2.4k updates) and, on the shipped skills, whose motions depend on z
+sharply, the held-out-task return did not rise; at 0.1 the policy stays near the argument prior (0.1-0.3 nats),
+learns mostly which skill to pick, and rises (benchmarks/RESULTS.md, session 15).
 Pure torch: no ROS, no franky.
 """
 from __future__ import annotations
@@ -40,7 +44,7 @@ class SkillSACConfig:
     buffer_capacity: int = 50_000  # high-level transitions kept
     lr: float = 3e-4  # Adam step of actor, critics and alphas
     critic_hidden: int = 256  # width of the two critic MLPs
-    alpha_z: float = 0.01  # weight of KL(pi(z|s,d) || p(z|s,d)) (start value when auto-tuned)
+    alpha_z: float = 0.1  # weight of KL(pi(z|s,d) || p(z|s,d)) (start value when auto-tuned); official 0.01, see above
     alpha_d: float = 0.1  # weight of KL(pi(d|s) || p(d|s)) (start value when auto-tuned)
     auto_alpha: bool = False  # tune both alphas towards the target divergences below
     target_kl_z: float = 1.0  # nats, per skill: the argument divergence auto-tuning aims at
