@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="EXTRACT skill checkpoint the agents were trained with (default: the benchmark's)")
+    ap.add_argument("--task-index", type=int, default=0, help="the held-out task the agents were trained on")
     ap.add_argument("--alpha-z", type=float, default=None, help="as the agents were trained with (sample_efficiency.py)")
     ap.add_argument("--alpha-d", type=float, default=None, help="as the agents were trained with (sample_efficiency.py)")
     a = ap.parse_args(argv)
-    extra = [] if a.checkpoint is None else ["--checkpoint", str(a.checkpoint)]
+    extra = ["--task-index", str(a.task_index)] + ([] if a.checkpoint is None else ["--checkpoint", str(a.checkpoint)])
     extra += [x for k in ("alpha_z", "alpha_d") if getattr(a, k) is not None
               for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
     base = se.parse_args(["--threads", str(a.threads), *extra])  # the benchmark's task, episode length, checkpoints

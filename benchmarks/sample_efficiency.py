@@ -59,9 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--learning-starts", type=int, default=None,
                     help="first gradient step after this many transitions / env steps (default: the agent's 256)")
     ap.add_argument("--alpha-z", type=float, default=None,
-                    help="weight of the skill agents' argument KL to p(z|s,d) (default: the agent's 0.01)")
+                    help="weight of the skill agents' argument KL to p(z|s,d) (default: the agent's, 0.1)")
     ap.add_argument("--alpha-d", type=float, default=None,
-                    help="weight of the skill agents' skill-choice KL to p(d|s) (default: the agent's 0.1)")
+                    help="weight of the skill agents' skill-choice KL to p(d|s) (default: the agent's, 0.1)")
     ap.add_argument("--eval-episodes", type=int, default=5)
     ap.add_argument("--episode-steps", type=int, default=400, help="low-level steps per episode")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
