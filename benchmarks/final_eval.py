@@ -9,6 +9,9 @@ episodes (the benchmark's evaluation seeds, extended), both sampling (as in the 
 skill, mean argument: the usual way SAC agents are evaluated; BC is deterministic anyway).
 
     python benchmarks/final_eval.py --episodes 20 --json benchmarks/results/final_eval.json
+    python benchmarks/final_eval.py --episodes 10 --methods extract --task-index 1 --checkpoint C --out-dir O
+
+Options this script does not define go to sample_efficiency.py's parser: give the ones the agents were trained with.
 """
 from __future__ import annotations
 
@@ -35,16 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "sample_efficiency")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--checkpoint", type=Path, default=None,
-                    help="EXTRACT skill checkpoint the agents were trained with (default: the benchmark's)")
-    ap.add_argument("--task-index", type=int, default=0, help="the held-out task the agents were trained on")
-    ap.add_argument("--alpha-z", type=float, default=None, help="as the agents were trained with (sample_efficiency.py)")
-    ap.add_argument("--alpha-d", type=float, default=None, help="as the agents were trained with (sample_efficiency.py)")
-    a = ap.parse_args(argv)
-    extra = ["--task-index", str(a.task_index)] + ([] if a.checkpoint is None else ["--checkpoint", str(a.checkpoint)])
-    extra += [x for k in ("alpha_z", "alpha_d") if getattr(a, k) is not None
-              for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
-    base = se.parse_args(["--threads", str(a.threads), *extra])  # the benchmark's task, episode length, checkpoints
+    # every other option is the benchmark's own (--checkpoint, --task-index, --alpha-z, ...): pass those the agents
+    # were trained with, and the agents are rebuilt with the same config and evaluated on the same task
+    a, benchmark_args = ap.parse_known_args(argv)
+    base = se.parse_args(["--threads", str(a.threads), *benchmark_args])
     base.eval_episodes = a.episodes
 
     import torch

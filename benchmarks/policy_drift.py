@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ros2_ws" / "src" / "extract_skills"))
 
@@ -28,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from extract_skills.core.rl.replay_buffer import ReplayBuffer
-    from extract_skills.core.rl.skill_sac import HybridSkillSAC, SkillSACConfig
+    from extract_skills.core.rl.skill_sac import HybridSkillSAC, SkillSACConfig, _all_skills
     from extract_skills.core.rl.trainer import read_agent_checkpoint
     from extract_skills.core.skills.checkpoint import load_skill_bundle
     from extract_skills.core.skills.encoders import file_sha256
@@ -43,17 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         agent = HybridSkillSAC(bundle.model, bundle.argument_bound, cfg)
         agent.load_training_state(state)
         buf = ReplayBuffer.open(d / "replay", cfg.buffer_capacity, agent.obs_dim, agent.latent_dim)
-        obs = buf.data["obs"][:buf.size]
         with torch.no_grad():
-            o = torch.as_tensor(obs)
+            o = torch.as_tensor(buf.data["obs"][:buf.size])
             div = agent.divergences(o)
-            pm, pls = div["mean"], div["log_std"]
-            prior = HybridSkillSAC(bundle.model, bundle.argument_bound, cfg).divergences(o)  # policy == priors
+            prior_probs = agent.prior_skill.probs(o)
+            prior_mean, prior_log_std = _all_skills(agent.prior_argument, o, agent.num_skills)
         p = div["probs"]
         kl_z = float((p * div["kl_z"]).sum(-1).mean())
-        shift = float((p[..., None] * (pm - prior["mean"]).abs()).sum(1).mean())
-        std = float((p[..., None] * pls.exp()).sum(1).mean())
-        pstd = float((prior["probs"][..., None] * prior["log_std"].exp()).sum(1).mean())
+        shift = float((p[..., None] * (div["mean"] - prior_mean).abs()).sum(1).mean())
+        std = float((p[..., None] * div["log_std"].exp()).sum(1).mean())
+        pstd = float((prior_probs[..., None] * prior_log_std.exp()).sum(1).mean())
         print(f"| {d} | {cfg.alpha_z:g} | {buf.size} | {kl_z:.2f} | {shift:.3f} | {std:.3f} | {pstd:.3f} | {float(div['kl_d'].mean()):.3f} |")
     return 0
 
