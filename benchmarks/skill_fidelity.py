@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     offset_keys = [f"labels_offset_{o:g}" for o in ([] if args.quick else args.offsets)]
     rows, totals = [], {m: 0 for m in ("demo", *METHODS, *offset_keys)}
     per_segment = [0, 0]  # decoded from the demo's state at the segment start: (completed, segments with one)
+    per_segment_by_subtask: dict[str, list[int]] = {}
     target_err = []  # per segment: mean |decoded joint target - label| (rad), decoded from the posterior mean
     rng = np.random.default_rng(args.seed)
     subtasks_total = 0
@@ -92,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             seq = sample_task_sequence(np.random.default_rng(seed), cfg, heldout)
         ep, results = demo.run_episode(seq, seed=seed)
         segs = episode_segments(ep, encoder, bundle)
-        got = {"demo": sum(results.values()),
-               "env": len(replay_env_actions(physics, ep).completed),
-               "labels": len(replay_labels(physics, ep).completed)}
+        done = {"demo": [s for s, ok in results.items() if ok],
+                "env": replay_env_actions(physics, ep).completed, "labels": replay_labels(physics, ep).completed}
+        got = {k: len(v) for k, v in done.items()}
         labels, proprio = ep.skill_actions(), ep.proprio()
         for start, end, d in segs:
             lab = segment_labels(labels, proprio, start, end, bundle.action_frame)
@@ -120,20 +121,22 @@ def main(argv: list[str] | None = None) -> int:
             target_err.append(float(np.abs(dec[:n, :7] - lab[:n, :7]).mean()))
         for o, key in zip(args.offsets, offset_keys):
             got[key] = len(replay_perturbed_labels(physics, ep, segs, o, rng).completed)
-        if not args.quick:
-            hit, tot = posterior_per_segment(physics, ep, segs, bundle)
-            per_segment[0] += hit
-            per_segment[1] += tot
+        hit, tot = posterior_per_segment(physics, ep, segs, bundle, by_subtask=per_segment_by_subtask)
+        per_segment[0] += hit
+        per_segment[1] += tot
         post = replay_posterior(physics, ep, segs, bundle)
-        got["posterior"] = len(post.completed)
+        done["posterior"] = post.completed
         prior = run_prior(sim, ep, bundle, encoder)
-        got["prior"] = len(prior.completed)
+        done["prior"] = prior.completed
+        # only the task's own subtasks count (a decoded skill may also trip another one)
+        done = {k: [s for s in v if s in seq] for k, v in done.items()}
+        got.update({k: len(v) for k, v in done.items()})
         subtasks_total += len(seq)
         for k, v in got.items():
             totals[k] += v
         rows.append({"seed": seed, "task": list(seq), "heldout_task": tuple(seq) in heldout, "steps": ep.num_steps,
                      "segments": len(segs), "posterior_aborted": len(post.aborted), "prior_skills": prior.skills,
-                     **got})
+                     **got, "completed": done})
         print(f"[{i + 1}/{n_eps}] seed {seed} {' -> '.join(seq)}: " + ", ".join(f"{k} {v}" for k, v in got.items())
               + f" ({time.monotonic() - t0:.0f} s)", flush=True)
     sim.close()
@@ -154,6 +157,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {names[k]} | {totals[k]} / {subtasks_total} | {share:.2f} |")
     print(f"| (c') each segment that completed a subtask in the demo, decoded from the demo's state at its start "
           f"(not chained) | {per_segment[0]} / {per_segment[1]} | - |")
+    # where the decoded rows lose subtasks: per subtask, of the episodes whose task holds it
+    by_subtask: dict[str, dict[str, int]] = {}
+    for row in rows:
+        for name in row["task"]:
+            tally = by_subtask.setdefault(name, {"tasks": 0, **{m: 0 for m in ("demo", *METHODS)}})
+            tally["tasks"] += 1
+            for m in ("demo", *METHODS):
+                tally[m] += int(name in row["completed"][m])
+    for name, (hit, tot) in per_segment_by_subtask.items():
+        by_subtask.setdefault(name, {"tasks": 0, **{m: 0 for m in ("demo", *METHODS)}}).update(
+            per_segment=hit, per_segment_of=tot)
+    print("\n| subtask | in tasks | demo | (a) env | (b) labels | (c) posterior | (d) prior | (c') per segment |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in sorted(by_subtask):
+        t = by_subtask[name]
+        seg = f"{t['per_segment']} / {t['per_segment_of']}" if "per_segment" in t else "-"
+        print(f"| {name} | {t['tasks']} | " + " | ".join(str(t[m]) for m in ("demo", *METHODS)) + f" | {seg} |")
     err = float(np.mean(target_err)) if target_err else float("nan")
     print(f"\nPosterior-decoded joint targets vs the labels (demo states fed to the decoder): mean abs error "
           f"{err:.3f} rad over {len(target_err)} segments (median per segment "
@@ -162,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {"episodes": n_eps, "subtasks_total": subtasks_total, **{k: totals[k] for k in METHODS},
                "labels_with_offsets": {k: totals[k] for k in offset_keys}, "decoded_target_error_rad": err,
                "posterior_per_segment": {"completed": per_segment[0], "segments": per_segment[1]},
-               "demo": totals["demo"], "per_episode": rows, "checkpoint": str(args.checkpoint.name),
+               "demo": totals["demo"], "per_subtask": by_subtask, "per_episode": rows, "checkpoint": str(args.checkpoint.name),
                "date": time.strftime("%Y-%m-%d"), "seconds": round(elapsed, 1)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")

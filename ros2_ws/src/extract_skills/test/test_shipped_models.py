@@ -101,3 +101,7 @@ def test_skill_fidelity_benchmark_quick(tmp_path):
     assert set(res) >= {"episodes", "env", "labels", "posterior", "prior", "subtasks_total"}
     assert res["episodes"] == 1 and res["subtasks_total"] == 1
     assert res["env"] == 1 and res["labels"] == 1
+    # the per-subtask table adds up to the totals, and the per-segment row found the segment that did it
+    tally = res["per_subtask"]["slide cabinet"]
+    assert tally["tasks"] == 1 and all(tally[m] == res[m] for m in ("env", "labels", "posterior", "prior"))
+    assert tally["per_segment_of"] == res["posterior_per_segment"]["segments"] >= 1

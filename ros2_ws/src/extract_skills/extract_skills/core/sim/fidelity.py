@@ -22,7 +22,7 @@ import numpy as np
 
 from extract_skills.core.control.safety import SafetyLimits
 from extract_skills.core.control.skill_executor import ExecutorConfig, SkillExecutor, SkillResult, SkillStatus
-from extract_skills.core.data.dataset import EpisodeData, segment_labels
+from extract_skills.core.data.dataset import SUBTASK_NAMES, EpisodeData, segment_labels
 from extract_skills.core.sim.kitchen import KitchenExecutorArm, KitchenSim, StepResult
 
 #: The sim decoder's safety limits (config/sim.yaml: panda, 0.16 rad per 0.08 s step, default margin and box).
@@ -122,10 +122,12 @@ def replay_posterior(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
 
 
 def posterior_per_segment(sim: KitchenSim, episode: EpisodeData, segments: Iterable[tuple[int, int, int]], bundle,
-                          limits: SafetyLimits = SIM_LIMITS) -> tuple[int, int]:
+                          limits: SafetyLimits = SIM_LIMITS,
+                          by_subtask: dict[str, list[int]] | None = None) -> tuple[int, int]:
     """Decoder precision without drift: for every segment in which the demo completed a subtask, replay the
     labels exactly up to the segment's start, execute the decoded segment (posterior mean, own length, closed
-    loop) and check whether that subtask is then complete. Returns (completed, segments that completed one)."""
+    loop) and check whether that subtask is then complete. Returns (completed, segments that completed one);
+    ``by_subtask`` (if given) gets ``[completed, segments]`` added per subtask name."""
     labels, proprio = episode.skill_actions(), episode.proprio()
     done = episode.subtasks_done
     hit = total = 0
@@ -142,7 +144,13 @@ def posterior_per_segment(sim: KitchenSim, episode: EpisodeData, segments: Itera
         z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d, proprio[start:end])
         runner.run(bundle.rollout(d, z, proprio_fn=runner.executor.proprio,
                                   lead_fn=runner.executor.command_lead))
-        hit += int(np.all(sim.subtask_flags()[new]))
+        ok = bool(np.all(sim.subtask_flags()[new]))
+        hit += int(ok)
+        if by_subtask is not None:
+            for i in new:
+                tally = by_subtask.setdefault(SUBTASK_NAMES[int(i)], [0, 0])
+                tally[0] += int(ok)
+                tally[1] += 1
     return hit, total
 
 
