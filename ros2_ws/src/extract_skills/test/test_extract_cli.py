@@ -144,15 +144,19 @@ def test_dagger_stage_on_kitchen_demos(tmp_path, capsys):
     assert load_skill_bundle(base).model_config.pose_joint_offset == pytest.approx((0, 0, 0, 0, 0, np.pi / 2, 0))
     assert main(["dagger", *common, *tiny, "--out", str(out)]) == 2
     assert "--base" in capsys.readouterr().err
-    assert main(["dagger", *common, *tiny, "--base", str(base), "--out", str(out), "--dagger-rounds", "1",
-                 "--dagger-steps", "10"]) == 0
+    dagger = ["dagger", *common, *tiny, "--base", str(base), "--out", str(out), "--dagger-rounds", "1",
+              "--dagger-steps", "10"]
+    assert main([*dagger, "--dagger-rollouts", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "[dagger] round 1:" in printed and "training segments decoded on-policy" in printed
+    assert "[dagger] round 1:" in printed and "of 2 x" in printed and "training segments decoded on-policy" in printed
     records = json.loads((run / "dagger.json").read_text())
     assert [r["round"] for r in records] == [0, 1] and (run / "dagger_round1.pt").is_file()
     best = max(records, key=lambda r: r["heldout_chained"])  # ties keep the earlier round
     assert file_sha256(out) == file_sha256(best["checkpoint"])
     tuned = load_skill_bundle(run / "dagger_round1.pt")
     assert tuned.config["dagger"]["base_sha256"] == file_sha256(base) and tuned.config["dagger"]["round"] == 1
+    assert tuned.config["dagger"]["rollouts"] == 2
+    with pytest.raises(SystemExit, match="--dagger-rollouts 2"):  # a resumed round is not mixed with other data
+        main([*dagger, "--dagger-rollouts", "1"])
     # the run's report (what make_models.sh ships) describes the chosen round, not the base
     assert f"DAgger round {best['round']} of 1" in (run / "skill_model_report.md").read_text()

@@ -251,14 +251,19 @@ def test_onpolicy_collection_labels_visited_states_with_the_demo_commands(sim):
     segs = [(s, min(s + 12, ep.num_steps), (s // 12) % bundle.num_skills) for s in range(0, ep.num_steps, 12)]
     out = collect_onpolicy(sim, ep, segs, bundle)
     assert [o.index for o in out] == list(range(len(segs)))  # nothing refused on this demo
-    assert np.allclose(out[0].states[0], proprio[0], atol=1e-6)  # starts from the demo's start state
+    # arguments sampled from the posteriors (``--dagger-rollouts``): the arm goes elsewhere, labelled the same way
+    sampled = collect_onpolicy(sim, ep, segs, bundle, rng=np.random.default_rng(0))
+    assert sampled and not np.allclose(sampled[0].states, out[0].states, atol=1e-4)
     q_cmd = labels[:, :7] + proprio[:-1, :7]
-    for o, (s, e, _) in zip(out, segs):
-        assert o.states.shape == o.targets.shape == (e - s, 8)
-        inside = np.abs(q_cmd[s:e] - o.states[:, :7]) < MAX_CORRECTION - 1e-4
-        assert np.allclose((o.states[:, :7] + o.targets[:, :7])[inside], q_cmd[s:e][inside], atol=1e-5)
-        assert np.all(np.abs(o.targets[:, :7]) <= MAX_CORRECTION + 1e-6)
-        assert np.allclose(o.targets[:, 7], labels[s:e, 7])
+    for run in (out, sampled):
+        assert np.allclose(run[0].states[0], proprio[0], atol=1e-6)  # starts from the demo's start state
+        for o in run:
+            s, e, _ = segs[o.index]
+            assert o.states.shape == o.targets.shape == (e - s, 8)
+            inside = np.abs(q_cmd[s:e] - o.states[:, :7]) < MAX_CORRECTION - 1e-4
+            assert np.allclose((o.states[:, :7] + o.targets[:, :7])[inside], q_cmd[s:e][inside], atol=1e-5)
+            assert np.all(np.abs(o.targets[:, :7]) <= MAX_CORRECTION + 1e-6)
+            assert np.allclose(o.targets[:, 7], labels[s:e, 7])
     assert out[-1].drift > 0  # the decoder's own states, not the demo's
 
 

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dagger-steps", type=int, default=2000, help="dagger: fine-tuning steps per round")
     g.add_argument("--dagger-decoder-only", action="store_true",
                    help="dagger: fine-tune only the decoder (posteriors and priors stay the base's)")
+    g.add_argument("--dagger-rollouts", type=int, default=1,
+                   help="dagger: decoded rollouts per training episode and round: the first from the posterior "
+                        "means, the others from arguments sampled from the posteriors")
     g = p.add_argument_group("skill learning (continued)")
     g.add_argument("--action-frame", choices=("skill_start", "measured"), default="skill_start",
                    help="joint actions relative to the joints at the skill's start (errors do not integrate "
@@ -422,7 +425,8 @@ def chained_completions(sim, dataset: Path, ids: list[int], per: dict, episodes,
 
 
 def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, steps: int, val_fraction: float,
-               seed: int = 0, force: bool = False, decoder_only: bool = False) -> list[dict[str, Any]]:
+               seed: int = 0, force: bool = False, decoder_only: bool = False,
+               rollouts: int = 1) -> list[dict[str, Any]]:
     """DAgger rounds for the closed-loop decoder, starting from the skill checkpoint ``base``.
 
     Each round drives the kitchen through every training episode's segments with the current decoder
@@ -431,7 +435,9 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
     After every round the held-out episodes are decoded chained from their start; ``out`` gets the round with the
     most held-out subtasks completed (round 0 = ``base``). Resumable: a finished round's checkpoint and data in
     ``run`` are reused if they grew from the same ``base`` (``force``: start over). ``decoder_only``: fine-tune only
-    the decoder (the encoder's posteriors and both priors stay the base's). Returns one record per round."""
+    the decoder (the encoder's posteriors and both priors stay the base's). ``rollouts``: decoded runs per
+    training episode and round, the first from the posterior means, the others with sampled arguments (seeded by
+    ``seed``, the round and the episode). Returns one record per round."""
     import dataclasses
     import shutil
 
@@ -476,18 +482,20 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
             drift, done_segs = [], 0
             for e in tqdm(train_eps, desc=f"dagger round {r}: decode training episodes", unit="episode"):
                 ep = read_episode(episode_path(dataset, ids[e]))
-                got = collect_onpolicy(sim, ep, [(a, b, d) for _, a, b, d in per[e]], bundle)
-                for seg in got:
-                    agg_rows.append(per[e][seg.index][0])
-                    agg_states.append(seg.states)
-                    agg_targets.append(seg.targets)
-                    drift.append(seg.drift)
-                done_segs += len(got)
+                for k in range(rollouts):
+                    rng = None if k == 0 else np.random.default_rng([seed, r, e, k])
+                    got = collect_onpolicy(sim, ep, [(a, b, d) for _, a, b, d in per[e]], bundle, rng=rng)
+                    for seg in got:
+                        agg_rows.append(per[e][seg.index][0])
+                        agg_states.append(seg.states)
+                        agg_targets.append(seg.targets)
+                        drift.append(seg.drift)
+                    done_segs += len(got)
             collect_s = time.perf_counter() - t0
             _savez_atomic(run / f"dagger_data_round{r}.npz", rows=np.array(agg_rows),
                           lengths=np.array([len(s) for s in agg_states]),
                           states=np.concatenate(agg_states), targets=np.concatenate(agg_targets))
-            print(f"[dagger] round {r}: {done_segs} of {len(train.labels)} training segments decoded on-policy in "
+            print(f"[dagger] round {r}: {done_segs} of {rollouts} x {len(train.labels)} training segments decoded on-policy in "
                   f"{collect_s:.0f} s (mean drift {np.mean(drift):.3f} rad); aggregate {len(agg_rows)} segments")
             rows = np.array(agg_rows)
             onp = SkillTrainingData([data.actions[i] for i in rows], data.labels[rows], data.obs[rows],
@@ -499,7 +507,7 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
                        "validation": evaluate_skill_model(model, val, low, high)}
             config = {**bundle.config, "validation": metrics["validation"], "train_metrics": metrics["train"],
                       "dagger": {"round": r, "steps": steps, "aggregate_segments": len(agg_rows), "base": str(base),
-                                 "base_sha256": base_sha, "decoder_only": decoder_only}}
+                                 "base_sha256": base_sha, "decoder_only": decoder_only, "rollouts": rollouts}}
             save_skill_bundle(ckpt, model, encoder_name=bundle.meta.encoder_name,
                               encoder_sha256=bundle.meta.encoder_sha256, centres=bundle.centres,
                               obs_mean=bundle.obs_mean, obs_std=bundle.obs_std, action_low=low, action_high=high,
@@ -507,6 +515,10 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
             print(f"[dagger] round {r}: fine-tuned {steps} steps in {time.perf_counter() - t0:.0f} s; held-out "
                   f"joint command error {metrics['validation']['joint_command_error_rad']:.4f} rad")
         elif r > 0:  # resume: the aggregate this round trained on
+            made_with = load_skill_bundle(ckpt).config.get("dagger", {}).get("rollouts", 1)
+            if made_with != rollouts:
+                raise SystemExit(f"{ckpt} was collected with --dagger-rollouts {made_with}, not {rollouts}: pass "
+                                 f"the same, or --force to start over")
             with np.load(run / f"dagger_data_round{r}.npz") as z:
                 cuts = np.cumsum(z["lengths"])[:-1]
                 agg_rows = z["rows"].tolist()
@@ -729,12 +741,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.base is None or not args.base.is_file():
             print(f"dagger needs --base, an existing skill checkpoint (got {args.base})", file=sys.stderr)
             return 2
-        if args.dagger_rounds < 1 or args.dagger_steps < 1:
-            print("--dagger-rounds and --dagger-steps must be >= 1", file=sys.stderr)
+        if args.dagger_rounds < 1 or args.dagger_steps < 1 or args.dagger_rollouts < 1:
+            print("--dagger-rounds, --dagger-steps and --dagger-rollouts must be >= 1", file=sys.stderr)
             return 2
         records = run_dagger(args.run_dir, args.dataset, args.base, args.out, args.dagger_rounds, args.dagger_steps,
                              args.val_fraction, args.seed, force=args.force,
-                             decoder_only=args.dagger_decoder_only)
+                             decoder_only=args.dagger_decoder_only, rollouts=args.dagger_rollouts)
         (args.run_dir / "dagger.json").write_text(json.dumps(records, indent=1))
         return 0
     from extract_skills.core.skills.encoders import EncoderWeightsMissingError

@@ -53,10 +53,12 @@ def relabel(labels: np.ndarray, proprio: np.ndarray, start: int, end: int, visit
 
 
 def collect_onpolicy(sim: KitchenSim, episode: EpisodeData, segments: Iterable[tuple[int, int, int]], bundle,
-                     limits: SafetyLimits = SIM_LIMITS, max_correction: float = MAX_CORRECTION
-                     ) -> list[OnPolicySegment]:
+                     limits: SafetyLimits = SIM_LIMITS, max_correction: float = MAX_CORRECTION,
+                     rng: np.random.Generator | None = None) -> list[OnPolicySegment]:
     """Chain the episode's segments through the decoder (posterior mean, demo length each) from the demo's start
-    state and return the visited states with relabelled commands. ``segments``: (start, end, skill)."""
+    state and return the visited states with relabelled commands. ``segments``: (start, end, skill). With ``rng``
+    each argument is sampled from the posterior instead of its mean: other drifts from the same demo, and a decoder
+    that learns to reach the demo's commands from arguments as spread as the ones it was trained on."""
     if bundle.action_frame != "measured" or not bundle.closed_loop:
         raise ValueError("on-policy relabelling needs a closed-loop decoder in the 'measured' action frame")
     reset_like(sim, episode)
@@ -72,8 +74,10 @@ def collect_onpolicy(sim: KitchenSim, episode: EpisodeData, segments: Iterable[t
             seen.append(np.asarray(p, np.float32))
             return p
 
-        z, _ = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d,
-                                proprio[start:end])
+        z, std = bundle.posterior(segment_labels(labels, proprio, start, end, bundle.action_frame), d,
+                                  proprio[start:end])
+        if rng is not None:
+            z = z + std * rng.standard_normal(z.shape).astype(z.dtype)
         # a decoder with command feedback computes the lead from its own outputs in training too: the visited
         # states are all it needs
         res = runner.run(bundle.rollout(d, z, max_steps=length, progress_threshold=2.0, proprio_fn=proprio_fn,
