@@ -279,8 +279,11 @@ def aggregate(args) -> dict:
             note = "SPiRL-style completed no subtask at its final evaluation: no target to reach"
         else:
             hit = [s for s, v in zip(methods["extract"]["steps"], methods["extract"]["mean_subtasks"]) if v >= target]
-            if hit:
-                ratio = budget / max(hit[0], 1)
+            if hit and hit[0] == 0:  # a ratio against 0 steps means nothing: say what happened
+                note = (f"EXTRACT's priors alone (0 env steps) already complete SPiRL-style's final {target:.2f} "
+                        f"subtasks (SPiRL: {budget} env steps): no ratio")
+            elif hit:
+                ratio = budget / hit[0]
                 note = f"EXTRACT reached SPiRL-style's final {target:.2f} subtasks at {hit[0]} env steps (SPiRL: {budget})"
             else:
                 note = f"EXTRACT never reached SPiRL-style's final {target:.2f} subtasks within {budget} env steps"

@@ -77,3 +77,30 @@ def test_sample_efficiency_benchmark_quick_mode_runs_every_method(tmp_path):
     row = next(line for line in drift.stdout.splitlines() if "extract_s0" in line)
     alpha_z, held, kl_z = (float(c) for c in row.strip("|").split("|")[1:4])
     assert alpha_z == SkillSACConfig().alpha_z and held > 0 and 0.0 <= kl_z < float("inf"), row
+
+
+def test_sample_efficiency_ratio_counts_env_steps_only_when_some_were_needed(tmp_path):
+    """The EXTRACT vs SPiRL-style ratio is SPiRL's budget over the env steps EXTRACT needed to reach SPiRL's final
+    score. When EXTRACT's priors reach it before any step there is no ratio (dividing by 'one step' printed
+    20000x)."""
+    import importlib.util
+    import json
+
+    script = default_models_dir().parent / "benchmarks" / "sample_efficiency.py"
+    spec = importlib.util.spec_from_file_location("sample_efficiency", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = mod.parse_args(["--out-dir", str(tmp_path), "--methods", "extract", "spirl", "--seeds", "0"])
+
+    def curves(extract, spirl):
+        for m, vals in (("extract", extract), ("spirl", spirl)):
+            (tmp_path / f"{m}_s0.json").write_text(json.dumps({"steps": [0, 5000, 10000, 15000, 20000],
+                                                               "mean_subtasks": vals}))
+        return mod.aggregate(args)
+
+    res = curves([0.2, 0.6, 0.6, 0.8, 0.8], [0.2, 0.2, 0.4, 0.4, 0.6])
+    assert res["ratio_vs_spirl"] == 4.0 and "at 5000 env steps" in res["ratio_note"]
+    res = curves([0.6, 0.2, 0.6, 0.8, 0.6], [0.2, 0.2, 0.4, 0.4, 0.6])
+    assert res["ratio_vs_spirl"] is None and "0 env steps" in res["ratio_note"]
+    res = curves([0.2, 0.2, 0.4, 0.4, 0.4], [0.2, 0.2, 0.4, 0.4, 0.6])
+    assert res["ratio_vs_spirl"] is None and "never reached" in res["ratio_note"]
