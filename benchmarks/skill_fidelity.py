@@ -128,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         done["posterior"] = post.completed
         prior = run_prior(sim, ep, bundle, encoder)
         done["prior"] = prior.completed
-        # only the task's own subtasks count (a decoded skill may also trip another one)
-        done = {k: [s for s in v if s in seq] for k, v in done.items()}
         got.update({k: len(v) for k, v in done.items()})
         subtasks_total += len(seq)
         for k, v in got.items():
@@ -158,16 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| (c') each segment that completed a subtask in the demo, decoded from the demo's state at its start "
           f"(not chained) | {per_segment[0]} / {per_segment[1]} | - |")
     # where the decoded rows lose subtasks: per subtask, of the episodes whose task holds it
+    # (completed lists hold only the task's own subtasks: the kitchen counts no others)
     by_subtask: dict[str, dict[str, int]] = {}
-    for row in rows:
-        for name in row["task"]:
-            tally = by_subtask.setdefault(name, {"tasks": 0, **{m: 0 for m in ("demo", *METHODS)}})
-            tally["tasks"] += 1
-            for m in ("demo", *METHODS):
-                tally[m] += int(name in row["completed"][m])
-    for name, (hit, tot) in per_segment_by_subtask.items():
-        by_subtask.setdefault(name, {"tasks": 0, **{m: 0 for m in ("demo", *METHODS)}}).update(
-            per_segment=hit, per_segment_of=tot)
+    for name in {n for row in rows for n in row["task"]}:
+        tally = {"tasks": sum(name in row["task"] for row in rows)}
+        tally.update({m: sum(name in row["completed"][m] for row in rows) for m in ("demo", *METHODS)})
+        if name in per_segment_by_subtask:
+            tally["per_segment"], tally["per_segment_of"] = per_segment_by_subtask[name]
+        by_subtask[name] = tally
     print("\n| subtask | in tasks | demo | (a) env | (b) labels | (c) posterior | (d) prior | (c') per segment |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in sorted(by_subtask):

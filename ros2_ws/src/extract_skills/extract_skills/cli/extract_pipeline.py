@@ -452,12 +452,19 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
     from extract_skills.core.skills.encoders import file_sha256
     bundle = load_skill_bundle(base)
     base_sha = file_sha256(base)
+    # a finished round is reused only if it was made the way this call would make it
     for old in sorted(run.glob("dagger_round*.pt")) + sorted(run.glob("dagger_data_round*.npz")):
-        grown_from = load_skill_bundle(old).config.get("dagger", {}).get("base_sha256") if old.suffix == ".pt" else None
-        if force or (old.suffix == ".pt" and grown_from != base_sha):
-            if not force:
-                raise SystemExit(f"{old} grew from another base checkpoint than {base}: pass --force to start over")
+        if force:
             old.unlink()
+            continue
+        if old.suffix != ".pt":
+            continue
+        made = load_skill_bundle(old).config.get("dagger", {})
+        if made.get("base_sha256") != base_sha:
+            raise SystemExit(f"{old} grew from another base checkpoint than {base}: pass --force to start over")
+        if made.get("rollouts", 1) != rollouts:
+            raise SystemExit(f"{old} was collected with --dagger-rollouts {made.get('rollouts', 1)}, not {rollouts}: "
+                             f"pass the same, or --force to start over")
     cfg = dataclasses.replace(bundle.model_config, train_steps=steps)
     td = load_training_data(run, cfg.action_frame)
     data, low, high = td["data"], bundle.action_low, bundle.action_high
@@ -515,10 +522,6 @@ def run_dagger(run: Path, dataset: Path, base: Path, out: Path, rounds: int, ste
             print(f"[dagger] round {r}: fine-tuned {steps} steps in {time.perf_counter() - t0:.0f} s; held-out "
                   f"joint command error {metrics['validation']['joint_command_error_rad']:.4f} rad")
         elif r > 0:  # resume: the aggregate this round trained on
-            made_with = load_skill_bundle(ckpt).config.get("dagger", {}).get("rollouts", 1)
-            if made_with != rollouts:
-                raise SystemExit(f"{ckpt} was collected with --dagger-rollouts {made_with}, not {rollouts}: pass "
-                                 f"the same, or --force to start over")
             with np.load(run / f"dagger_data_round{r}.npz") as z:
                 cuts = np.cumsum(z["lengths"])[:-1]
                 agg_rows = z["rows"].tolist()
